@@ -1,0 +1,36 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m train` in a subprocess, as a user runs it; W&B offline, outputs under `output_root`."""
+    env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "train", f"output_root={output_root}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def results_path(proc: subprocess.CompletedProcess) -> Path:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("results: ")]
+    assert lines, f"no 'results:' line in output:\n{proc.stdout[-2000:]}"
+    return Path(lines[-1].removeprefix("results: "))
+
+
+def read_results(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(results_path(proc).read_text())
+
+
+@pytest.fixture(scope="session")
+def shared_output_root(tmp_path_factory) -> Path:
+    """One output root for the pipeline tests, so the tiny model and the SFT stage are built once."""
+    return tmp_path_factory.mktemp("outputs")

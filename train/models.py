@@ -1,0 +1,52 @@
+"""Model and tokenizer loading: always from a path or hub id, the way TRL and users load them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def ensure_base_model(cfg: DictConfig) -> str:
+    """The base model's path or hub id; the embedded tiny model is built there first if needed."""
+    if cfg.model.tiny is None:
+        return cfg.model.name_or_path
+    from train.data import synthetic
+    from train.tiny import build_tiny_model
+
+    spec = OmegaConf.to_container(cfg.model.tiny)
+    return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(cfg.seed), cfg.seed))
+
+
+def load_tokenizer(cfg: DictConfig, path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
+    if cfg.model.chat_template is not None:
+        tokenizer.chat_template = cfg.model.chat_template
+    if cfg.data.conversational and tokenizer.chat_template is None:
+        from train.config import ConfigError
+
+        raise ConfigError(
+            f"model {path} has no chat template but data.conversational=true: set model.chat_template or data.conversational=false"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: DictConfig, path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=cfg.model.dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

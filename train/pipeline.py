@@ -1,0 +1,189 @@
+"""The pipeline, top to bottom: validate -> data -> SFT -> DPO -> evaluate -> results.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from train import tracking
+from train.config import ConfigError, build_dpo_config, build_sft_config, validate
+from train.data import PreferenceData, load_preference_data
+from train.models import count_parameters, ensure_base_model, load_model, load_tokenizer
+
+COMPLETE = "COMPLETE"  # marker written last into a finished model directory
+
+
+def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
+    validate(cfg)  # before anything is written: a failed start leaves earlier runs untouched
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    base_path = ensure_base_model(cfg)
+    data = load_preference_data(cfg)
+    if cfg.dry_run:
+        return dry_run(cfg, base_path, data, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    results = load_results(run_dir) if cfg.stage in ("dpo", "eval") else {}
+    results.setdefault("runtime_s", {})
+    results.update(beta=cfg.beta.value, beta_schedule=OmegaConf.to_container(cfg.beta), experiment=cfg.experiment)
+    sft_path = sft_output_dir(cfg)
+    if cfg.stage in ("all", "sft"):
+        results["sft"] = run_sft(cfg, resolved, base_path, sft_path, data, results["runtime_s"])
+    wandb_run = None
+    if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
+        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name)
+        results["dpo"] = run_dpo(cfg, require_model(sft_path, "sft"), data, run_dir, wandb_run, results)
+    if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled:
+        evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), require_model(sft_path, "sft"), data, run_dir)
+        results["runtime_s"]["eval"] = evaluation.pop("runtime_s")
+        results.setdefault("sft", {})["judge_reward"] = evaluation.pop("reference_judge_reward", None)
+        results.setdefault("dpo", {}).update(evaluation)
+        if wandb_run is None:  # stage=eval on its own: add to the DPO stage's W&B run
+            wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, results.get("wandb", {}).get("run_id"))
+        tracking.log_summary(wandb_run, {f"final/{k}": v for k, v in evaluation.items() if v is not None})
+    tracking.finish(wandb_run)
+    if tracking.is_main_process():
+        write_results(run_dir, results)
+    return results
+
+
+def sft_output_dir(cfg: DictConfig) -> Path:
+    """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it."""
+    if not cfg.sft.enabled:
+        return Path(ensure_base_model(cfg))
+    inputs = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "sft")}
+    inputs["seed"] = cfg.seed
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.output_root) / "sft" / key
+
+
+def require_model(path: Path, stage: str) -> Path:
+    if path.is_dir() and ((path / COMPLETE).exists() or (path / "config.json").exists() and stage == "sft"):
+        return path
+    raise ConfigError(f"no finished {stage} model at {path}: run stage={stage} (or stage=all) first")
+
+
+def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runtime: dict) -> dict:
+    from trl import SFTTrainer
+
+    if not cfg.sft.enabled:
+        return {"path": str(out), "skipped": True}
+    if (out / COMPLETE).exists():
+        print(f"sft: reusing {out} (same model, data, sft settings and seed)", flush=True)
+        return {"path": str(out), "reused": True}
+    start = time.perf_counter()
+    wandb_run = tracking.start_run(cfg, resolved, out.parent, "sft", f"sft-{out.name}")
+    args = build_sft_config(cfg, out.with_name(out.name + ".tmp"))
+    args.report_to = tracking.report_to(wandb_run)
+    trainer = SFTTrainer(model=base_path, args=args, train_dataset=data.sft, processing_class=load_tokenizer(cfg, base_path))
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    if trainer.accelerator.is_main_process:
+        (Path(args.output_dir) / COMPLETE).write_text("")
+        shutil.rmtree(out, ignore_errors=True)
+        Path(args.output_dir).rename(out)  # atomic: readers see a finished directory or none
+    runtime["sft"] = time.perf_counter() - start
+    tracking.finish(wandb_run)
+    return {"path": str(out), "reused": False, "train": last_logged(trainer, "loss")}
+
+
+def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run, results: dict) -> dict:
+    from train.beta import make_scheduled_dpo_trainer
+
+    start = time.perf_counter()
+    args = build_dpo_config(cfg, run_dir / "dpo")
+    args.report_to = tracking.report_to(wandb_run)
+    trainer = make_scheduled_dpo_trainer(cfg.beta)(
+        model=str(sft_path),  # TRL loads the reference from the same path: the SFT model, never a checkpoint
+        args=args,
+        train_dataset=data.train_pairs,
+        eval_dataset=data.test_pairs,
+        processing_class=load_tokenizer(cfg, str(sft_path)),
+    )
+    trainer.train()
+    held_out = trainer.evaluate()
+    policy_dir = run_dir / "policy"
+    trainer.save_model(str(policy_dir))
+    if trainer.accelerator.is_main_process:
+        (policy_dir / COMPLETE).write_text("")
+    results["runtime_s"]["dpo"] = time.perf_counter() - start
+    results["distributed"] = {"world_size": trainer.accelerator.num_processes, "zero_stage": cfg.deepspeed.stage}
+    results["wandb"] = {
+        "run_id": wandb_run.id if wandb_run else None,
+        "dir": str(Path(wandb_run.dir).parent) if wandb_run else None,
+        "project": cfg.wandb.project,
+        "mode": tracking.resolve_mode(cfg.wandb)[0],
+    }
+    return {
+        "policy_path": str(policy_dir),
+        "reference_path": str(sft_path),
+        "train": last_logged(trainer, "rewards/accuracies"),
+        "held_out": {k.removeprefix("eval_"): v for k, v in held_out.items()},
+        "steps": trainer.state.global_step,
+    }
+
+
+def last_logged(trainer, key: str) -> dict:
+    """The last training log line that carries `key` (TRL logs rewards/* at every logging step)."""
+    for entry in reversed(trainer.state.log_history):
+        if key in entry:
+            return dict(entry)
+    return {}
+
+
+def run_eval(cfg, policy_path: Path, reference_path: Path, data: PreferenceData, run_dir: Path) -> dict:
+    from train.evaluate import evaluate
+
+    if not tracking.is_main_process():
+        return {"runtime_s": 0.0}
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(cfg, str(policy_path))
+    policy, reference = load_model(cfg, str(policy_path)).eval(), load_model(cfg, str(reference_path)).eval()
+    prompts = data.eval_prompts["prompt"][: cfg.eval.num_prompts]
+    metrics, samples = evaluate(
+        policy, reference, tokenizer, prompts, cfg.data.conversational, data.judge,
+        cfg.eval.max_new_tokens, cfg.eval.temperature, cfg.eval.batch_size, cfg.seed,
+    )
+    with open(run_dir / "eval_samples.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    metrics.setdefault("judge_reward", None)
+    metrics.setdefault("win_rate_vs_reference", None)
+    metrics["runtime_s"] = time.perf_counter() - start
+    return metrics
+
+
+def dry_run(cfg, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
+    tokenizer = load_tokenizer(cfg, base_path)
+    model = load_model(cfg, base_path)
+    build_sft_config(cfg, run_dir / "sft-dry-run", with_deepspeed=False)
+    build_dpo_config(cfg, run_dir / "dpo-dry-run", with_deepspeed=False)
+    summary = {
+        "dry_run": True,
+        "run_dir": str(run_dir),
+        "model": base_path,
+        "parameters": count_parameters(model),
+        "vocab": len(tokenizer),
+        "rows": {k: len(getattr(data, k)) for k in ("sft", "train_pairs", "test_pairs", "eval_prompts")},
+        "sft_dir": str(sft_output_dir(cfg)),
+    }
+    print("dry run: " + json.dumps(summary), flush=True)
+    return summary
+
+
+def load_results(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    path = run_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=float))
+    tmp.replace(path)
+    return path

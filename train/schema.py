@@ -1,0 +1,123 @@
+"""Typed schema of our own settings (Hydra structured configs).
+
+Trainer settings (`sft.args`, `dpo.args`) are deliberately untyped dicts: they pass through to TRL's
+SFTConfig / DPOConfig, which checks them (train/config.py). DPOConfig itself cannot be the schema
+because OmegaConf rejects its Union-typed fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TinyModelSpec:
+    """Architecture of the embedded tiny Llama, built from a config (train/tiny.py)."""
+
+    vocab_size: int = 1024  # upper bound for the BPE tokenizer fitted on the synthetic corpus
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # hub id or local directory; for `tiny`, where the built model is saved
+    dtype: str = "float32"  # torch dtype to load weights in: float32, bfloat16, float16 or auto
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2
+    trust_remote_code: bool = False  # run code shipped with the model: only for models you trust
+    chat_template: Optional[str] = None  # a Jinja chat template replacing the tokenizer's; null keeps its own
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
+    tiny: Optional[TinyModelSpec] = None  # set only for the embedded model: build it from this spec
+
+
+@dataclass
+class SyntheticSpec:
+    """Sizes of the generated sentiment task (train/data/synthetic.py)."""
+
+    num_sft: int = 3000  # prompt-completion rows for SFT
+    num_pairs: int = 2000  # preference pairs for DPO training
+    num_test_pairs: int = 200  # held-out pairs for DPO evaluation loss/rewards
+    num_eval_prompts: int = 64  # held-out prompts sampled from policy and reference after DPO
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # which converter reads the source (one per data/*.yaml)
+    source: Optional[str] = None  # hub id, local file or directory; null for generated data
+    conversational: bool = True  # present rows as chat messages so the model's chat template applies
+    judge: Optional[str] = None  # rule-based reward for evaluation (only `sentiment` exists); null: none
+    synthetic: Optional[SyntheticSpec] = None  # generation sizes, for name=synthetic
+
+
+@dataclass
+class BetaConfig:
+    schedule: str = MISSING  # constant, linear or cosine (one per beta/*.yaml)
+    value: float = 0.1  # DPO temperature; for schedules, the value at step 0
+    final: Optional[float] = None  # schedules only: the value at the last step
+    warmup_steps: int = 0  # schedules only: steps held at `value` before the schedule starts
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 0  # ZeRO stage, 0 = DeepSpeed off
+    config: Optional[dict[str, Any]] = None  # DeepSpeed JSON config handed to the trainers
+
+
+@dataclass
+class StageConfig:
+    enabled: bool = True  # false: skip the stage (SFT: DPO starts from the base model)
+    args: dict[str, Any] = field(default_factory=dict)  # SFTConfig / DPOConfig keys, checked by TRL
+
+
+@dataclass
+class DPOStageConfig(StageConfig):
+    reference: str = "model"  # where reference log-probs come from: model (a frozen second copy)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # sample and judge after DPO
+    num_prompts: int = 64  # held-out prompts to sample
+    max_new_tokens: int = 32  # sample length limit
+    temperature: float = 1.0  # 1.0 samples the model's own distribution, which the KL estimate needs
+    batch_size: int = 32  # prompts per generate() call
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True  # log to Weights & Biases (online if reachable with a key, else offline files)
+    mode: str = "auto"  # auto, online, offline or disabled
+    project: str = "dpo"  # W&B project
+    entity: Optional[str] = None  # W&B team or user; null uses the key's default
+    group: Optional[str] = None  # runs grouped together, e.g. one sweep; null: the experiment name
+    name: Optional[str] = None  # run name; null: from the command-line overrides (e.g. beta.value=0.1)
+    tags: list[str] = field(default_factory=list)  # free-form tags
+
+
+@dataclass
+class MainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    beta: BetaConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
+    sft: StageConfig = MISSING
+    dpo: DPOStageConfig = MISSING
+    eval: EvalConfig = MISSING
+    wandb: WandbConfig = MISSING
+    stage: str = "all"  # all, sft, dpo or eval
+    seed: int = 0  # one seed for data generation, model init and trainers
+    dry_run: bool = False  # build everything, print a summary, stop before training
+    output_root: str = "outputs"  # runs/, sweeps/, sft/ and models/ live under it
+    experiment: str = "default"  # experiment name: W&B group default and a label in results
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="main_schema", node=MainConfig)

@@ -1,0 +1,74 @@
+"""The embedded tiny model: a small Llama built from a config, with a tokenizer fitted offline.
+
+It is saved to a directory and then loaded from that path like any hub model, so the default run
+exercises the same code as a 7B model: AutoTokenizer/AutoModel from a path, a chat template, the
+trainers' own model loading (TRL builds the reference from the policy's path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A chat template in the style of ChatML: the end-of-turn token doubles as EOS, so generation stops
+# at the end of the assistant's turn, as it does for Qwen's <|im_end|>.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE fitted on `texts`: task words become single tokens, any other text still encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|end|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Path:
+    """Create the tiny Llama and its tokenizer at `path` (once: an existing complete directory is reused)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    marker = path / "tiny_spec.json"
+    if marker.exists() and json.loads(marker.read_text()) == {**spec, "seed": seed}:
+        return path
+    tokenizer = build_tokenizer(texts, spec["vocab_size"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["intermediate_size"],
+        num_hidden_layers=spec["num_hidden_layers"],
+        num_attention_heads=spec["num_attention_heads"],
+        num_key_value_heads=spec["num_attention_heads"],
+        max_position_embeddings=spec["max_position_embeddings"],
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    marker.write_text(json.dumps({**spec, "seed": seed}))  # written last: the directory is complete
+    return path
