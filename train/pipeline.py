@@ -23,11 +23,13 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     validate(cfg)  # before anything is written: a failed start leaves earlier runs untouched
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_path = ensure_base_model(cfg)
-    data = load_preference_data(cfg)
+    data = load_preference_data(cfg, load_tokenizer(cfg, base_path))
     if cfg.dry_run:
         return dry_run(cfg, base_path, data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if data.report and tracking.is_main_process():
+        (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
 
     results = load_results(run_dir) if cfg.stage in ("dpo", "eval") else {}
     results.setdefault("runtime_s", {})
@@ -38,6 +40,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     wandb_run = None
     if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
         wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name)
+        tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
         results["dpo"] = run_dpo(cfg, require_model(sft_path, "sft"), data, run_dir, wandb_run, results)
     if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled:
         evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), require_model(sft_path, "sft"), data, run_dir)
@@ -174,6 +177,16 @@ def dry_run(cfg, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
     }
     print("dry run: " + json.dumps(summary), flush=True)
     return summary
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def load_results(run_dir: Path) -> dict:

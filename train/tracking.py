@@ -83,7 +83,7 @@ def report_to(run) -> list[str]:
 
 
 def log_summary(run, metrics: dict[str, Any]) -> None:
-    if run is not None:
+    if run is not None and metrics:
         run.log(metrics)
         run.summary.update(metrics)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,6 +32,7 @@ class PreferenceData:
     eval_prompts: "datasets.Dataset"  # noqa: F821
     judge: Optional[Callable[[str], float]]
     files: dict[str, str]
+    report: dict = field(default_factory=dict)  # validation report: rows kept, dropped/fixed by reason
 
 
 def to_conversational(row: dict) -> dict:
@@ -70,7 +71,7 @@ def generate_synthetic(cfg: DictConfig, root: Path) -> dict[str, str]:
     return files
 
 
-def load_preference_data(cfg: DictConfig) -> PreferenceData:
+def load_preference_data(cfg: DictConfig, tokenizer=None) -> PreferenceData:
     import datasets
 
     if cfg.data.name != "synthetic":
