@@ -16,17 +16,24 @@ help: ## list the targets
 
 # torch first, pinned: on this CPU machine pip takes the local CPU build; on a GPU cluster the CUDA one.
 $(VENV)/.installed: pyproject.toml
+	@echo "setup: installing into $(VENV) (log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import trl, deepspeed, hydra, wandb" 2>/dev/null || { echo "setup: install failed; see pip output above" >&2; exit 1; }
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install "torch==2.13.0" && $(PY) -m pip install -e ".[test]"; } \
+		> $(VENV)/install.log 2>&1 || { tail -20 $(VENV)/install.log; echo "setup: pip install failed; see $(VENV)/install.log" >&2; exit 1; }
 	@touch $@
 
 setup: $(VENV)/.installed ## create .venv and install the project (done by every target)
 
+ACCELERATE_CONFIG ?= launch/accelerate/single_node.yaml
+# NPROC=1 is the plain single-process path; more processes go through `accelerate launch`.
+ifeq ($(NPROC),1)
+RUN := $(PY) -m train
+else
+RUN := $(PY) launch/check_nproc.py $(NPROC) && $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m train
+endif
+
 train: $(VENV)/.installed ## run SFT -> DPO -> eval on the embedded default (ARGS="beta.value=0.2", NPROC=2)
-	$(PY) -m train $(ARGS)
+	$(RUN) $(ARGS)
 
 dry-run: $(VENV)/.installed ## build everything and stop before training
 	$(PY) -m train dry_run=true $(ARGS)

@@ -10,14 +10,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m train` in a subprocess, as a user runs it; W&B offline, outputs under `output_root`."""
+def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1) -> subprocess.CompletedProcess:
+    """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
+    it; W&B offline, outputs under `output_root`."""
     env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "train", f"output_root={output_root}", *overrides]
+    launcher = [sys.executable, "-m", "train"]
+    if nproc > 1:
+        accelerate = str(Path(sys.executable).parent / "accelerate")
+        launcher = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
+                    "--num_processes", str(nproc), "--main_process_port", str(free_port()), "-m", "train"]
+    cmd = [*launcher, f"output_root={output_root}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def results_path(proc: subprocess.CompletedProcess) -> Path:

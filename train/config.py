@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 STAGES = ("all", "sft", "dpo", "eval")
 BETA_SCHEDULES = ("constant", "linear", "cosine")
 JUDGES = ("sentiment",)
-REFERENCE_PLACEMENTS = ("model",)
+REFERENCE_PLACEMENTS = ("model", "precomputed", "lora")
 # Keys the pipeline sets itself: taking them from `*.args` would split one setting across two places.
 PIPELINE_OWNED_KEYS = {
     "output_dir": "the run directory is set by Hydra (hydra.run.dir)",
@@ -61,6 +61,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.synthetic is required by data=synthetic: restore it from conf/data/synthetic.yaml")
     if cfg.dpo.reference not in REFERENCE_PLACEMENTS:
         raise ConfigError(f"dpo.reference={cfg.dpo.reference}: choose one of {', '.join(REFERENCE_PLACEMENTS)}")
+    if cfg.dpo.reference == "precomputed" and cfg.dpo.args.get("sync_ref_model"):
+        raise ConfigError("dpo.reference=precomputed with dpo.args.sync_ref_model=true: a synced reference cannot be precomputed; pick one")
+    if cfg.dpo.reference != "model" and cfg.dpo.args.get("precompute_ref_log_probs") is not None:
+        raise ConfigError("dpo.args.precompute_ref_log_probs: remove it; choose dpo.reference=precomputed instead")
     ds = cfg.deepspeed
     if ds.stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.stage={ds.stage}: ZeRO stages are 0, 1, 2 and 3")
@@ -125,9 +129,17 @@ def _common_args(cfg: DictConfig, args: dict[str, Any], output_dir: Path, with_d
         },
         "trust_remote_code": cfg.model.trust_remote_code,
     }
-    # Validation leaves DeepSpeed out: TrainingArguments would start DeepSpeed's machinery to parse it.
-    if with_deepspeed and cfg.deepspeed.config is not None:
-        common["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+    # Validation leaves DeepSpeed and the process group out: TrainingArguments would start them.
+    if with_deepspeed:
+        from train.distributed import setup_process_group
+
+        if cfg.deepspeed.config is not None:
+            common["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+        extra = setup_process_group(cfg.deepspeed.config is not None, args.get("ddp_timeout", 1800))
+        accelerator_config = {**args.pop("accelerator_config", {}), **extra.pop("accelerator_config", {})}
+        if accelerator_config:
+            common["accelerator_config"] = accelerator_config
+        common.update(extra)
     return {**args, **common}
 
 
@@ -152,4 +164,5 @@ def build_dpo_config(cfg: DictConfig, output_dir: Path, with_deepspeed: bool = T
     args = _trainer_args(cfg, "dpo", DPOConfig)
     kwargs = _common_args(cfg, args, output_dir, with_deepspeed)
     kwargs["beta"] = cfg.beta.value
+    kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
     return _build(DPOConfig, "dpo", kwargs)

@@ -38,8 +38,13 @@ def load_tokenizer(cfg: DictConfig, path: str):
 
 
 def load_model(cfg: DictConfig, path: str):
+    """A full model from `path`; a LoRA adapter directory is loaded onto its base and merged."""
     from transformers import AutoModelForCausalLM
 
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=cfg.model.dtype).merge_and_unload()
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=cfg.model.dtype,

@@ -38,12 +38,14 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     if cfg.stage in ("all", "sft"):
         results["sft"] = run_sft(cfg, resolved, base_path, sft_path, data, results["runtime_s"])
     wandb_run = None
+    # With SFT off, DPO starts from the base model itself, which is then also the reference.
+    reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path
     if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
         wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name)
         tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
-        results["dpo"] = run_dpo(cfg, require_model(sft_path, "sft"), data, run_dir, wandb_run, results)
+        results["dpo"] = run_dpo(cfg, reference, data, run_dir, wandb_run, results)
     if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled:
-        evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), require_model(sft_path, "sft"), data, run_dir)
+        evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), reference, data, run_dir)
         results["runtime_s"]["eval"] = evaluation.pop("runtime_s")
         results.setdefault("sft", {})["judge_reward"] = evaluation.pop("reference_judge_reward", None)
         results.setdefault("dpo", {}).update(evaluation)
@@ -58,16 +60,14 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
 
 def sft_output_dir(cfg: DictConfig) -> Path:
     """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it."""
-    if not cfg.sft.enabled:
-        return Path(ensure_base_model(cfg))
     inputs = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "sft")}
     inputs["seed"] = cfg.seed
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.output_root) / "sft" / key
+    return Path(cfg.output_root).resolve() / "sft" / key
 
 
 def require_model(path: Path, stage: str) -> Path:
-    if path.is_dir() and ((path / COMPLETE).exists() or (path / "config.json").exists() and stage == "sft"):
+    if (path / COMPLETE).exists():
         return path
     raise ConfigError(f"no finished {stage} model at {path}: run stage={stage} (or stage=all) first")
 
@@ -76,7 +76,7 @@ def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runt
     from trl import SFTTrainer
 
     if not cfg.sft.enabled:
-        return {"path": str(out), "skipped": True}
+        return {"path": base_path, "skipped": True}
     if (out / COMPLETE).exists():
         print(f"sft: reusing {out} (same model, data, sft settings and seed)", flush=True)
         return {"path": str(out), "reused": True}
@@ -87,10 +87,12 @@ def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runt
     trainer = SFTTrainer(model=base_path, args=args, train_dataset=data.sft, processing_class=load_tokenizer(cfg, base_path))
     trainer.train()
     trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         (Path(args.output_dir) / COMPLETE).write_text("")
         shutil.rmtree(out, ignore_errors=True)
         Path(args.output_dir).rename(out)  # atomic: readers see a finished directory or none
+    trainer.accelerator.wait_for_everyone()
     runtime["sft"] = time.perf_counter() - start
     tracking.finish(wandb_run)
     return {"path": str(out), "reused": False, "train": last_logged(trainer, "loss")}
@@ -108,15 +110,18 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
         train_dataset=data.train_pairs,
         eval_dataset=data.test_pairs,
         processing_class=load_tokenizer(cfg, str(sft_path)),
+        peft_config=lora_config(cfg) if cfg.dpo.reference == "lora" else None,
     )
     trainer.train()
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
-    trainer.save_model(str(policy_dir))
+    trainer.save_model(str(policy_dir))  # under ZeRO-3 the weights are gathered into one full model
+    trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         (policy_dir / COMPLETE).write_text("")
     results["runtime_s"]["dpo"] = time.perf_counter() - start
-    results["distributed"] = {"world_size": trainer.accelerator.num_processes, "zero_stage": cfg.deepspeed.stage}
+    results["distributed"] = distributed_summary(cfg, trainer)
+    tracking.log_summary(wandb_run, {f"distributed/rank{r['rank']}/{k}": v for r in results["distributed"]["ranks"] for k, v in r.items() if k != "rank"})
     results["wandb"] = {
         "run_id": wandb_run.id if wandb_run else None,
         "dir": str(Path(wandb_run.dir).parent) if wandb_run else None,
@@ -127,8 +132,41 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
         "policy_path": str(policy_dir),
         "reference_path": str(sft_path),
         "train": last_logged(trainer, "rewards/accuracies"),
+        "history": [e for e in trainer.state.log_history if "rewards/margins" in e and "train_runtime" not in e],
         "held_out": {k.removeprefix("eval_"): v for k, v in held_out.items()},
         "steps": trainer.state.global_step,
+    }
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    spec = cfg.dpo.lora
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+
+
+def distributed_summary(cfg, trainer) -> dict:
+    """World size, machines, ZeRO stage, reference placement, and what each rank actually held."""
+    import os
+
+    from train.distributed import gather_rank_figures, local_numel, peak_rss_mb
+
+    state = trainer.accelerator.state
+    figures = {
+        "rank": state.process_index,
+        "policy_params_local": local_numel(trainer.model),
+        "reference_params_local": local_numel(trainer.ref_model),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    world = state.num_processes
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return {
+        "world_size": world,
+        "num_machines": max(world // max(per_machine, 1), 1),
+        "zero_stage": cfg.deepspeed.stage,
+        "reference": cfg.dpo.reference,
+        "ranks": gather_rank_figures(figures),
     }
 
 
@@ -145,6 +183,11 @@ def run_eval(cfg, policy_path: Path, reference_path: Path, data: PreferenceData,
 
     if not tracking.is_main_process():
         return {"runtime_s": 0.0}
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # Evaluation loads whole models on one process; with the trainer's ZeRO-3 config still registered,
+    # from_pretrained would partition them with zero.Init and wait forever for the other ranks.
+    unset_hf_deepspeed_config()
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg, str(policy_path))
     policy, reference = load_model(cfg, str(policy_path)).eval(), load_model(cfg, str(reference_path)).eval()

@@ -48,11 +48,43 @@ class SyntheticSpec:
 
 
 @dataclass
+class RankingSpec:
+    """Scored responses -> pairs (train/data/ranking.py), for sources with several answers per prompt."""
+
+    strategy: str = "best_vs_worst"  # best_vs_worst, best_vs_rest, all_pairs or adjacent
+    min_margin: float = 0.0  # smallest score difference that makes a pair (ties never do)
+
+
+@dataclass
+class ColumnsSpec:
+    """Where data=custom finds its fields (dotted names reach into nested fields)."""
+
+    prompt: str = "prompt"  # text, or chat messages
+    chosen: Optional[str] = "chosen"  # preferred response (text, or [assistant message])
+    rejected: Optional[str] = "rejected"  # dispreferred response
+    responses: Optional[str] = None  # instead of chosen/rejected: a list of responses, ranked by `scores`
+    scores: Optional[str] = None  # list of numbers, one per response (higher is better)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING  # which converter reads the source (one per data/*.yaml)
-    source: Optional[str] = None  # hub id, local file or directory; null for generated data
+    source: Optional[str] = None  # hub id, local file or directory, or hf:// file URL; null for generated data
+    subset: Optional[str] = None  # hub dataset config name (load_dataset's `name`), e.g. comparisons
+    data_dir: Optional[str] = None  # directory inside the hub repository, e.g. helpful-base
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
+    train_split: str = "train"  # split the training pairs come from
+    test_split: Optional[str] = "test"  # held-out pairs; when the source lacks it, a seeded slice of train
+    test_fraction: float = 0.05  # share of training prompts held out when there is no test split
+    sft_split: Optional[str] = None  # a real SFT split; null (or absent): SFT on the chosen responses
+    eval_split: Optional[str] = None  # prompts sampled after DPO; null: the test pairs' prompts
+    max_rows: Optional[int] = None  # read at most this many rows per split (quick looks at big sources)
+    max_drop_fraction: float = 0.05  # stop when more than this share of pairs is dropped as bad data
     conversational: bool = True  # present rows as chat messages so the model's chat template applies
     judge: Optional[str] = None  # rule-based reward for evaluation (only `sentiment` exists); null: none
+    options: dict[str, Any] = field(default_factory=dict)  # source-specific settings (see conf/data/<name>.yaml)
+    ranking: Optional[RankingSpec] = None  # for ranked sources (eli5, custom with responses/scores)
+    columns: Optional[ColumnsSpec] = None  # for data=custom
     synthetic: Optional[SyntheticSpec] = None  # generation sizes, for name=synthetic
 
 
@@ -77,8 +109,22 @@ class StageConfig:
 
 
 @dataclass
+class LoraSpec:
+    """LoRA adapters for dpo.reference=lora: the reference is the base model with adapters disabled."""
+
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # adapter dropout
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
 class DPOStageConfig(StageConfig):
-    reference: str = "model"  # where reference log-probs come from: model (a frozen second copy)
+    # Where reference log-probs come from: model (a frozen second copy, sharded like the policy under
+    # ZeRO-3), precomputed (once before training; no reference in memory while training), lora (train
+    # adapters; the reference is the same weights with adapters disabled, no second copy at all).
+    reference: str = "model"
+    lora: LoraSpec = field(default_factory=LoraSpec)  # used by reference=lora
 
 
 @dataclass

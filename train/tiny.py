@@ -8,6 +8,8 @@ trainers' own model loading (TRL builds the reference from the policy's path).
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 # A chat template in the style of ChatML: the end-of-turn token doubles as EOS, so generation stops
@@ -45,12 +47,30 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Path:
     """Create the tiny Llama and its tokenizer at `path` (once: an existing complete directory is reused)."""
+    from filelock import FileLock
+
+    marker = path / "tiny_spec.json"
+    wanted = {**spec, "seed": seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Rank 0 builds (under a lock, for concurrent jobs of a sweep); other ranks wait for its marker.
+    # Only rank 0 can: once torch.distributed is up, save_pretrained silently skips non-zero ranks.
+    if int(os.environ.get("RANK", "0")) != 0:
+        deadline = time.monotonic() + 600
+        while not (marker.exists() and json.loads(marker.read_text()) == wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not build the tiny model at {path} within 600 s")
+            time.sleep(0.5)
+        return path
+    with FileLock(f"{path}.lock"):
+        if marker.exists() and json.loads(marker.read_text()) == wanted:
+            return path
+        return _build(path, spec, texts, seed, marker)
+
+
+def _build(path: Path, spec: dict, texts: list[str], seed: int, marker: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    marker = path / "tiny_spec.json"
-    if marker.exists() and json.loads(marker.read_text()) == {**spec, "seed": seed}:
-        return path
     tokenizer = build_tokenizer(texts, spec["vocab_size"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),

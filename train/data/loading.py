@@ -1,0 +1,94 @@
+"""Reading a source's native rows through the datasets library: a hub id, or local files.
+
+data.source is
+  a hub id (owner/name)      datasets.load_dataset(id, name=data.subset, data_dir=data.data_dir,
+                             revision=data.revision): every split the repository has;
+  a local file or hf:// URL  one .jsonl/.json/.parquet/.csv file (optionally .gz): split "train";
+  a local directory          every such file below it; the split is the file name without its shard
+                             suffix and extension (train.jsonl, test-00000-of-00001.parquet,
+                             train_prefs.jsonl), so a copy of a hub repository keeps its split names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.config import ConfigError
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def file_format(path: str) -> str | None:
+    name = path.lower().removesuffix(".gz")
+    return next((fmt for ext, fmt in FORMATS.items() if name.endswith(ext)), None)
+
+
+def split_name(path: Path) -> str:
+    stem = path.name.lower().removesuffix(".gz")
+    stem = stem[: stem.rindex(".")] if "." in stem else stem
+    return SHARD_SUFFIX.sub("", stem)
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") != 1 or file_format(source) is not None
+
+
+def local_files(source: str) -> dict[str, list[str]]:
+    """split -> files of a local file or directory."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if file_format(str(path)) is None:
+            raise ConfigError(f"data.source={source}: not a .jsonl, .json, .parquet or .csv file")
+        return {"train": [str(path)]}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p.name) and not p.name.startswith("."))
+    if not files:
+        raise ConfigError(f"data.source={source}: no .jsonl, .json, .parquet or .csv files in this directory")
+    splits: dict[str, list[str]] = {}
+    for file in files:
+        splits.setdefault(split_name(file), []).append(str(file))
+    return splits
+
+
+def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F821
+    """split name -> native rows (a datasets.Dataset), each capped at data.max_rows."""
+    import datasets
+
+    if OmegaConf.is_missing(data, "source") or data.source is None:
+        raise ConfigError(f"data.source is required by data={data.name}: give a hub id, a file or a directory")
+    source = str(data.source)
+    try:
+        if source.startswith("hf://"):
+            if file_format(source) is None:
+                raise ConfigError(f"data.source={source}: an hf:// source must name .jsonl/.json/.parquet/.csv files")
+            loaded = datasets.load_dataset(file_format(source), data_files={"train": source})
+        elif Path(source).expanduser().exists():
+            splits = local_files(source)
+            formats = {file_format(f) for files in splits.values() for f in files}
+            if len(formats) > 1:
+                raise ConfigError(f"data.source={source}: mixes file formats ({', '.join(sorted(formats))}); keep one")
+            loaded = datasets.load_dataset(formats.pop(), data_files=splits)
+        elif looks_like_path(source):
+            raise ConfigError(f"data.source={source}: no such file or directory")
+        else:
+            loaded = datasets.load_dataset(source, name=data.subset, data_dir=data.data_dir, revision=data.revision)
+    except ConfigError:
+        raise
+    except Exception as err:  # network, auth, a bad file: the user needs one line, not a traceback
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = "" if Path(source).expanduser().exists() else "; without the hub, download it and pass data.source=<local dir>"
+        raise ConfigError(f"data.source={source}: could not load it ({type(err).__name__}: {first}){hint}") from err
+    if data.max_rows is not None:
+        loaded = {name: ds.select(range(min(len(ds), data.max_rows))) for name, ds in loaded.items()}
+    return dict(loaded)
+
+
+def fingerprint(data: DictConfig) -> list:
+    """What identifies the source's content for the cache: local files by size and mtime."""
+    source = None if OmegaConf.is_missing(data, "source") else data.source
+    if source is None or not Path(str(source)).expanduser().exists():
+        return [source]
+    return [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for fs in local_files(str(source)).values() for f in fs]

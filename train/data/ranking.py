@@ -1,0 +1,38 @@
+"""Ranking to pairs: several scored responses to one prompt -> preference pairs.
+
+Strategies (data.ranking.strategy):
+  best_vs_worst  one pair: the highest-scored response against the lowest (default; one pair per
+                 prompt keeps prompts with many answers from dominating the data)
+  best_vs_rest   the best against every lower-scored response
+  all_pairs      every two responses with different scores
+  adjacent       each response against the next one in score order (neighbours with equal scores skip)
+A pair needs a score difference > 0 and >= min_margin: ties never become pairs. Among equal scores the
+earlier response (input order) counts as the better-ranked one, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+STRATEGIES = ("best_vs_worst", "best_vs_rest", "all_pairs", "adjacent")
+
+
+def rank_to_pairs(prompt, responses: list[str], scores: list[float], strategy: str = "best_vs_worst",
+                  min_margin: float = 0.0) -> list[dict]:
+    """Pairs {prompt, chosen, rejected}, the chosen response scored higher than the rejected one."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"ranking strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if len(responses) != len(scores):
+        raise ValueError(f"{len(responses)} responses but {len(scores)} scores")
+    order = sorted(range(len(responses)), key=lambda i: (-scores[i], i))
+    if strategy == "best_vs_worst":
+        candidates = [(order[0], order[-1])] if order else []
+    elif strategy == "best_vs_rest":
+        candidates = [(order[0], j) for j in order[1:]]
+    elif strategy == "all_pairs":
+        candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+    else:
+        candidates = list(zip(order, order[1:]))
+    return [
+        {"prompt": prompt, "chosen": responses[hi], "rejected": responses[lo]}
+        for hi, lo in candidates
+        if scores[hi] - scores[lo] > 0 and scores[hi] - scores[lo] >= min_margin
+    ]

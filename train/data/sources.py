@@ -1,0 +1,85 @@
+"""The registry of data sources: data.name -> how its rows become pairs (one conf/data/<name>.yaml each).
+
+Source-specific knobs live in data.options; their defaults are here, next to the converter that reads
+them, and a key the converter does not know is refused (a typo would otherwise be ignored).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.config import ConfigError
+from train.data import chat, converters
+from train.data.ranking import STRATEGIES
+
+
+@dataclass(frozen=True)
+class Source:
+    convert: Callable  # native row -> canonical pairs | DropReason (pure)
+    options: dict[str, Any] = field(default_factory=dict)  # data.options defaults
+    choices: dict[str, tuple] = field(default_factory=dict)  # allowed values of an option
+    convert_sft: Callable = converters.convert_prompt_completion  # rows of data.sft_split, when set
+    ranked: bool = False  # reads data.ranking
+    uses_columns: bool = False  # reads data.columns
+
+
+SOURCES: dict[str, Source] = {
+    "webgpt_comparisons": Source(converters.convert_webgpt, {"strip_citations": True}),
+    "summarize_from_feedback": Source(converters.convert_summarize),
+    "eli5": Source(converters.convert_eli5, ranked=True),
+    "hc3": Source(converters.convert_hc3, {"prefer": "human"}, {"prefer": ("human", "chatgpt")}),
+    "hh_rlhf": Source(chat.convert_hh_rlhf),
+    "ultrafeedback_binarized": Source(chat.convert_ultrafeedback, convert_sft=chat.convert_ultrafeedback_sft),
+    "shp": Source(converters.convert_shp, {"min_score_ratio": None}),
+    "custom": Source(converters.convert_custom, ranked=True, uses_columns=True),
+    # The embedded task's generated rows are already {prompt, chosen, rejected}.
+    "synthetic": Source(converters.convert_custom, uses_columns=True),
+}
+DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "responses": None, "scores": None}
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        raise ConfigError(f"data.name={name}: no converter; choose one of {', '.join(sorted(SOURCES))}")
+    return SOURCES[name]
+
+
+def resolve_options(data: DictConfig) -> dict[str, Any]:
+    """data.options over the source's defaults, plus ranking and columns where the source reads them."""
+    source = get_source(data.name)
+    given = OmegaConf.to_container(data.options, resolve=True) if data.get("options") is not None else {}
+    for key in given:
+        if key not in source.options:
+            close = difflib.get_close_matches(key, source.options, n=1)
+            known = f"did you mean data.options.{close[0]}?" if close else (
+                f"its options: {', '.join(source.options)}" if source.options else "it has none")
+            raise ConfigError(f"data.options.{key}: not an option of data={data.name}; {known}")
+    opts = {**source.options, **given}
+    for key, allowed in source.choices.items():
+        if opts[key] not in allowed:
+            raise ConfigError(f"data.options.{key}={opts[key]}: choose one of {', '.join(allowed)}")
+    if source.ranked:
+        ranking = OmegaConf.to_container(data.ranking, resolve=True) if data.get("ranking") is not None else {}
+        ranking = {"strategy": "best_vs_worst", "min_margin": 0.0, **ranking}
+        if ranking["strategy"] not in STRATEGIES:
+            raise ConfigError(f"data.ranking.strategy={ranking['strategy']}: choose one of {', '.join(STRATEGIES)}")
+        opts["ranking"] = ranking
+    if source.uses_columns:
+        columns = OmegaConf.to_container(data.columns, resolve=True) if data.get("columns") is not None else {}
+        opts["columns"] = check_columns({**DEFAULT_COLUMNS, **columns})
+    return opts
+
+
+def check_columns(columns: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+    if columns["responses"] or columns["scores"]:
+        if not (columns["responses"] and columns["scores"]):
+            raise ConfigError("data.columns.responses and data.columns.scores go together: set both, or neither")
+    elif not (columns["chosen"] and columns["rejected"]):
+        raise ConfigError("data.columns: set chosen and rejected, or responses and scores")
+    if not columns["prompt"]:
+        raise ConfigError("data.columns.prompt: name the prompt column")
+    return columns

@@ -1,0 +1,68 @@
+"""Process-group setup and per-rank figures for multi-process runs.
+
+Workaround (CPU only, see ../shared/FACTS.md): transformers' TrainingArguments resets accelerate's
+PartialState and, on a machine with no GPU, rebuilds it without a backend, so accelerate believes
+num_processes == 1 while torch.distributed has N ranks (DeepSpeed then fails with "train_batch_size is
+not equal to micro_batch_per_gpu * gradient_acc_step * world_size", gloo with "allgather: invalid output
+tensor list"). We build the PartialState ourselves with backend="gloo" first and tell TrainingArguments
+to keep it (accelerator_config.use_configured_state). On GPU machines this is a no-op: transformers'
+own setup (nccl) is right there.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from datetime import timedelta
+from typing import Any
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def needs_cpu_gloo_workaround() -> bool:
+    import torch
+
+    return world_size() > 1 and not torch.cuda.is_available()
+
+
+def setup_process_group(use_deepspeed: bool, timeout_s: int) -> dict[str, Any]:
+    """Start the process group if the workaround applies; returns extra TrainingArguments kwargs."""
+    if not needs_cpu_gloo_workaround():
+        return {}
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    # Building any TrainingArguments (validation does) already created a backend-less state: start over.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    if use_deepspeed:
+        # accelerate picks DistributedType.DEEPSPEED from this variable, as `accelerate launch --use_deepspeed` would.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return {"accelerator_config": {"use_configured_state": True}, "ddp_backend": "gloo"}
+
+
+def local_numel(model) -> int:
+    """Parameter elements this rank actually holds: a ZeRO-3 parameter keeps only its partition (ds_tensor)."""
+    if model is None:
+        return 0
+    total = 0
+    for p in model.parameters():
+        total += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+    return total
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def gather_rank_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's figures, on every rank (rank order)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [figures]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, figures)
+    return out
