@@ -50,6 +50,10 @@ def local_files(source: str) -> dict[str, list[str]]:
     splits: dict[str, list[str]] = {}
     for file in files:
         splits.setdefault(split_name(file), []).append(str(file))
+    if len(splits) == 1:  # one kind of file, whatever its name (all.jsonl, comparisons.parquet): the training rows
+        return {"train": next(iter(splits.values()))}
+    if "all" in splits:
+        raise ConfigError(f"data.source={source}: `all` cannot name a split (datasets reserves it); point data.source at the file")
     return splits
 
 
@@ -70,7 +74,10 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
             formats = {file_format(f) for files in splits.values() for f in files}
             if len(formats) > 1:
                 raise ConfigError(f"data.source={source}: mixes file formats ({', '.join(sorted(formats))}); keep one")
-            loaded = datasets.load_dataset(formats.pop(), data_files=splits)
+            fmt = formats.pop()
+            # One split at a time: datasets would cast every split to the types inferred from the first,
+            # and a column that is all null in one split (summarize_from_feedback's info.article) breaks that.
+            loaded = {name: datasets.load_dataset(fmt, data_files=files, split="train") for name, files in splits.items()}
         elif looks_like_path(source):
             raise ConfigError(f"data.source={source}: no such file or directory")
         else:
@@ -78,7 +85,9 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
     except ConfigError:
         raise
     except Exception as err:  # network, auth, a bad file: the user needs one line, not a traceback
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        while err.__cause__ is not None or err.__context__ is not None:  # the root cause names the problem
+            err = err.__cause__ or err.__context__
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         hint = "" if Path(source).expanduser().exists() else "; without the hub, download it and pass data.source=<local dir>"
         raise ConfigError(f"data.source={source}: could not load it ({type(err).__name__}: {first}){hint}") from err
     if data.max_rows is not None:

@@ -1,0 +1,77 @@
+"""Inspect a data config without training: convert, validate, write the training pairs as JSON lines.
+
+    python -m train.prepare data=hh_rlhf out=hh_pairs.jsonl
+    python -m train.prepare data=hh_rlhf data.source=path/to/hh-rlhf out=hh_pairs.jsonl
+    python -m train.prepare data=custom data.source=mine.csv data.columns.prompt=question out=pairs.jsonl
+
+Composes the same Hydra config as `python -m train` and builds the tokenizer the run would use, so the
+report (printed, also written next to `out` as <out>.report.json) counts exactly what training would
+drop. Exit 0 under data.max_drop_fraction; above it the pairs are still written (to look at) and it
+exits 2 with one `error: ...` line, as `python -m train` would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+USAGE = "usage: python -m train.prepare data=<name> [data.source=<path>] [<override> ...] out=<file.jsonl>"
+
+
+def split_out(argv: list[str]) -> tuple[Path, list[str]]:
+    """`out=` (or `+out=`) is ours; everything else is a Hydra override."""
+    outs = [a.split("=", 1)[1] for a in argv if a.startswith(("out=", "+out="))]
+    if len(outs) != 1 or not outs[0]:
+        raise SystemExit(f"error: give out=<file.jsonl> once\n{USAGE}")
+    return Path(outs[0]), [a for a in argv if not a.startswith(("out=", "+out="))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from train.config import ConfigError, validate
+    from train.main import CONFIG_DIR, fail, one_line, quiet_libraries
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    out, overrides = split_out(argv)
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(one_line(err))
+    quiet_libraries()
+    try:
+        validate(cfg)
+        write_pairs(cfg, out)
+    except ConfigError as err:
+        fail(str(err))
+    return 0
+
+
+def write_pairs(cfg, out: Path) -> None:
+    from train.config import ConfigError
+    from train.data import prepare
+    from train.data.validation import format_report, threshold_message
+    from train.models import ensure_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg, ensure_base_model(cfg))
+    files, report = prepare(cfg, tokenizer)
+    print(format_report(report), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(files["train_pairs"], out)  # already one {prompt, chosen, rejected} object per line
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {report['pairs']['train']} train pairs to {out}", flush=True)
+    problem = threshold_message(report)
+    if problem:
+        raise ConfigError(problem)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
