@@ -119,3 +119,19 @@ def test_run_directory_is_deterministic_and_excludes_bookkeeping_keys():
     assert {"stage", "dry_run", "wandb.mode"} <= set(raw["job"]["config"]["override_dirname"]["exclude_keys"])
     assert "${now:" not in raw["run"]["dir"] + raw["sweep"]["dir"] + raw["sweep"]["subdir"]
     assert raw["run"]["dir"] == "${output_root}/runs/${run_name:${hydra:job.override_dirname}}"
+
+
+def test_offload_that_cannot_fit_is_refused(tmp_path):
+    """A 70B-sized config (no weights: counted on the meta device) needs ~1.1 TB of host memory."""
+    from transformers import LlamaConfig
+
+    from train.distributed import check_offload_memory
+
+    LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=128256).save_pretrained(tmp_path)
+    zero3_offload = compose_cfg("deepspeed=zero3_offload").deepspeed.config
+    ds = {"zero_optimization": {"offload_param": {"device": "cpu"}}}
+    with pytest.raises(ConfigError, match=r"deepspeed=zero3_offload needs ~\d+\.\d GiB .* 70\.55B parameters"):
+        check_offload_memory(ds, str(tmp_path), False, num_machines=1)
+    assert zero3_offload.zero_optimization.offload_param.device == "cpu"
+    check_offload_memory({"zero_optimization": {"stage": 3}}, str(tmp_path), False, num_machines=1)  # no offload: no check

@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 
 def _run_name(override_dirname: str) -> str:
-    return override_dirname or "default"
+    # One directory level: a path in an override (model.name_or_path=/a/b) must not nest directories.
+    return override_dirname.replace("/", "_") or "default"
 
 
 def register_resolvers() -> None:

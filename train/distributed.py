@@ -21,6 +21,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def num_machines() -> int:
+    # The launchers (accelerate/torchrun) export both; one process per machine when run plainly.
+    return max(world_size() // max(int(os.environ.get("LOCAL_WORLD_SIZE", world_size())), 1), 1)
+
+
 def needs_cpu_gloo_workaround() -> bool:
     import torch
 
@@ -66,3 +71,39 @@ def gather_rank_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, figures)
     return out
+
+
+# Host bytes per parameter with ZeRO-3 offload: fp32 weights (4) + fp32 gradients (4) + Adam's two
+# moments (8). A lower bound: pinned buffers and activations come on top.
+OFFLOAD_BYTES_PER_PARAM = 16
+
+
+def count_parameters_from_config(model_path: str, trust_remote_code: bool) -> int:
+    """Parameters of a model from its config alone (built on the meta device: no memory, no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_offload_memory(ds_config: dict | None, model_path: str, trust_remote_code: bool, num_machines: int) -> None:
+    """Refuse CPU offload that cannot fit in this machine's memory, before any process trains."""
+    import psutil
+
+    from train.config import ConfigError
+
+    zero = (ds_config or {}).get("zero_optimization", {})
+    offloaded = any((zero.get(k) or {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
+    if not offloaded:
+        return
+    params = count_parameters_from_config(model_path, trust_remote_code)
+    needed = params * OFFLOAD_BYTES_PER_PARAM / max(num_machines, 1)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise ConfigError(
+            f"deepspeed=zero3_offload needs ~{needed / 2**30:.1f} GiB of host memory per machine for {params / 1e9:.2f}B "
+            f"parameters but {available / 2**30:.1f} GiB is available: use deepspeed=zero3, more nodes, or a smaller model"
+        )

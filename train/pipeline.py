@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from train import tracking
 from train.config import ConfigError, build_dpo_config, build_sft_config, validate
 from train.data import PreferenceData, load_preference_data
+from train.distributed import check_offload_memory, num_machines
 from train.models import count_parameters, ensure_base_model, load_model, load_tokenizer
 
 COMPLETE = "COMPLETE"  # marker written last into a finished model directory
@@ -23,6 +24,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     validate(cfg)  # before anything is written: a failed start leaves earlier runs untouched
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_path = ensure_base_model(cfg)
+    check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())
     data = load_preference_data(cfg, load_tokenizer(cfg, base_path))
     if cfg.dry_run:
         return dry_run(cfg, base_path, data, run_dir)
@@ -148,8 +150,6 @@ def lora_config(cfg):
 
 def distributed_summary(cfg, trainer) -> dict:
     """World size, machines, ZeRO stage, reference placement, and what each rank actually held."""
-    import os
-
     from train.distributed import gather_rank_figures, local_numel, peak_rss_mb
 
     state = trainer.accelerator.state
@@ -159,11 +159,9 @@ def distributed_summary(cfg, trainer) -> dict:
         "reference_params_local": local_numel(trainer.ref_model),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    world = state.num_processes
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     return {
-        "world_size": world,
-        "num_machines": max(world // max(per_machine, 1), 1),
+        "world_size": state.num_processes,
+        "num_machines": num_machines(),
         "zero_stage": cfg.deepspeed.stage,
         "reference": cfg.dpo.reference,
         "ranks": gather_rank_figures(figures),
