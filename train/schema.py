@@ -83,8 +83,8 @@ class DataConfig:
     conversational: bool = True  # present rows as chat messages so the model's chat template applies
     judge: Optional[str] = None  # rule-based reward for evaluation (only `sentiment` exists); null: none
     options: dict[str, Any] = field(default_factory=dict)  # source-specific settings (see conf/data/<name>.yaml)
-    ranking: Optional[RankingSpec] = None  # for ranked sources (eli5, custom with responses/scores)
-    columns: Optional[ColumnsSpec] = None  # for data=custom
+    ranking: RankingSpec = field(default_factory=RankingSpec)  # ranked sources only (eli5, custom responses/scores)
+    columns: ColumnsSpec = field(default_factory=ColumnsSpec)  # data=custom only
     synthetic: Optional[SyntheticSpec] = None  # generation sizes, for name=synthetic
 
 

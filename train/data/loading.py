@@ -85,14 +85,23 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
     except ConfigError:
         raise
     except Exception as err:  # network, auth, a bad file: the user needs one line, not a traceback
-        while err.__cause__ is not None or err.__context__ is not None:  # the root cause names the problem
-            err = err.__cause__ or err.__context__
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         hint = "" if Path(source).expanduser().exists() else "; without the hub, download it and pass data.source=<local dir>"
-        raise ConfigError(f"data.source={source}: could not load it ({type(err).__name__}: {first}){hint}") from err
+        raise ConfigError(f"data.source={source}: could not load it ({describe(err)}){hint}") from err
     if data.max_rows is not None:
         loaded = {name: ds.select(range(min(len(ds), data.max_rows))) for name, ds in loaded.items()}
     return dict(loaded)
+
+
+def describe(err: BaseException) -> str:
+    """The exception and, when another one caused it, the root cause: datasets often wraps the useful
+    message ("Couldn't cast array of type string to null") in a generic one."""
+    def line(e: BaseException) -> str:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+    root = err
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return line(err) if root is err else f"{line(err)} <- {line(root)}"
 
 
 def fingerprint(data: DictConfig) -> list:

@@ -40,6 +40,8 @@ SOURCES: dict[str, Source] = {
     "synthetic": Source(converters.convert_custom, uses_columns=True),
 }
 DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "responses": None, "scores": None}
+RANKING_DEFAULTS = {"strategy": "best_vs_worst", "min_margin": 0.0}
+USERS = {"ranking": "eli5 and custom", "columns": "custom"}
 
 
 def get_source(name: str) -> Source:
@@ -49,7 +51,7 @@ def get_source(name: str) -> Source:
 
 
 def resolve_options(data: DictConfig) -> dict[str, Any]:
-    """data.options over the source's defaults, plus ranking and columns where the source reads them."""
+    """data.options over the source's defaults, plus data.ranking and data.columns where the source reads them."""
     source = get_source(data.name)
     given = OmegaConf.to_container(data.options, resolve=True) if data.get("options") is not None else {}
     for key in given:
@@ -62,15 +64,16 @@ def resolve_options(data: DictConfig) -> dict[str, Any]:
     for key, allowed in source.choices.items():
         if opts[key] not in allowed:
             raise ConfigError(f"data.options.{key}={opts[key]}: choose one of {', '.join(allowed)}")
-    if source.ranked:
-        ranking = OmegaConf.to_container(data.ranking, resolve=True) if data.get("ranking") is not None else {}
-        ranking = {"strategy": "best_vs_worst", "min_margin": 0.0, **ranking}
-        if ranking["strategy"] not in STRATEGIES:
-            raise ConfigError(f"data.ranking.strategy={ranking['strategy']}: choose one of {', '.join(STRATEGIES)}")
-        opts["ranking"] = ranking
+    for key, defaults, used in (("ranking", RANKING_DEFAULTS, source.ranked), ("columns", DEFAULT_COLUMNS, source.uses_columns)):
+        given = {**defaults, **(OmegaConf.to_container(data[key], resolve=True) if data.get(key) is not None else {})}
+        if used:
+            opts[key] = given
+        elif given != defaults:  # silently ignoring a setting would look like it took effect
+            raise ConfigError(f"data.{key}: data={data.name} does not read it (used by {USERS[key]}); remove the override")
+    if source.ranked and opts["ranking"]["strategy"] not in STRATEGIES:
+        raise ConfigError(f"data.ranking.strategy={opts['ranking']['strategy']}: choose one of {', '.join(STRATEGIES)}")
     if source.uses_columns:
-        columns = OmegaConf.to_container(data.columns, resolve=True) if data.get("columns") is not None else {}
-        opts["columns"] = check_columns({**DEFAULT_COLUMNS, **columns})
+        check_columns(opts["columns"])
     return opts
 
 
