@@ -8,11 +8,15 @@ export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train dry-run test test-fast clean
+NODES ?= 1
+NPROC_PER_NODE ?= 1
+BETAS ?= 0.05,0.1,0.5
+WAIT ?=
+.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm submit slurm-up slurm-down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes>"
+	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes> NODES= NPROC_PER_NODE= BETAS= WAIT=1"
 
 # torch first, pinned: on this CPU machine pip takes the local CPU build; on a GPU cluster the CUDA one.
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +41,24 @@ train: $(VENV)/.installed ## run SFT -> DPO -> eval on the embedded default (ARG
 
 dry-run: $(VENV)/.installed ## build everything and stop before training
 	$(PY) -m train dry_run=true $(ARGS)
+
+sweep: $(VENV)/.installed ## beta sweep, one run after another (BETAS=0.05,0.1,0.5); SFT once; prints report:
+	$(PY) -m train -m beta.value=$(BETAS) $(ARGS)
+
+sweep-slurm: $(VENV)/.installed ## beta sweep on SLURM, one job per beta (BETAS=..., NODES=...); SFT once first
+	$(PY) -m train -m hydra/launcher=slurm hydra.launcher.nodes=$(NODES) nproc_per_node=$(NPROC_PER_NODE) \
+		stage=sft 'hydra.sweep.dir=$${output_root}/sweeps/$${experiment}/.sft' $(ARGS)
+	$(PY) -m train -m hydra/launcher=slurm hydra.launcher.nodes=$(NODES) nproc_per_node=$(NPROC_PER_NODE) \
+		beta.value=$(BETAS) $(ARGS)
+
+submit: $(VENV)/.installed ## one pipeline run as a SLURM job over NODES nodes (NPROC_PER_NODE, ARGS, WAIT=1)
+	$(PY) -m launch.submit --nodes $(NODES) --nproc-per-node $(NPROC_PER_NODE) $(if $(WAIT),--wait) -- $(ARGS)
+
+slurm-up: ## start the local 2-node SLURM cluster (installs Debian's slurm + munge if missing)
+	@bash launch/slurm/cluster.sh up
+
+slurm-down: ## stop the local SLURM cluster
+	@bash launch/slurm/cluster.sh down
 
 test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
 	$(PY) -m pytest tests $(ARGS)

@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from launch.nodes import run_on_this_node, submitit_job_environment
 from train.config import ConfigError, register_resolvers, validate
 from train.schema import register_configs
 
@@ -38,6 +40,13 @@ def hydra_main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    slurm_job = submitit_job_environment()
+    if slurm_job is not None and slurm_job.num_nodes * cfg.nproc_per_node > 1:
+        run_on_this_node(slurm_job, list(hydra_cfg.overrides.task), run_dir, cfg.nproc_per_node)
+        results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else None
+        if slurm_job.global_rank == 0 and results is not None:
+            print(f"results: {run_dir / 'results.json'}", flush=True)
+        return results
     try:
         results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
     except ConfigError as err:

@@ -161,7 +161,8 @@ class MainConfig:
     seed: int = 0  # one seed for data generation, model init and trainers
     dry_run: bool = False  # build everything, print a summary, stop before training
     output_root: str = "outputs"  # runs/, sweeps/, sft/ and models/ live under it
-    experiment: str = "default"  # experiment name: W&B group default and a label in results
+    experiment: str = "default"  # experiment name: W&B group default, a label in results, the sweep directory
+    nproc_per_node: int = 1  # processes per node in SLURM jobs
 
 
 def register_configs() -> None:

@@ -104,6 +104,8 @@ def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, 
     else:
         train, test = hold_out(train, data.test_fraction, cfg.seed)
         test_desc = f"held out {data.test_fraction:g} of prompts, seed {cfg.seed}"
+        if data.test_split and data.test_split != data.train_split:
+            test_desc += f"; no {data.test_split} split in the source"
     seen: set = set()
     train = deduplicate(train, seen, tally, ("prompt", "chosen", "rejected"))
     test = deduplicate(test, seen, tally, ("prompt", "chosen", "rejected"))  # a copy of a train pair is no test
@@ -116,7 +118,7 @@ def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, 
         sft_desc = data.sft_split
         sft = convert_rows(splits[data.sft_split], source.convert_sft, opts, sft_tally, data.sft_split)
     else:
-        sft_desc = "chosen responses of the train pairs"
+        sft_desc = "chosen responses of the train pairs" + (f" ({data.sft_split} not in the source)" if data.sft_split else "")
         sft = [{"prompt": p["prompt"], "completion": p["chosen"], "_where": p["_where"]} for p in train]
     sft = deduplicate(sft, set(), sft_tally, ("prompt", "completion"))
     _, sft_rows = finish(sft, sft_tally, tokenizer, conversational, lengths["sft_max_length"], "keep_start")
