@@ -101,12 +101,12 @@ def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runt
 
 
 def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run, results: dict) -> dict:
-    from train.beta import make_scheduled_dpo_trainer
+    from train.trainer import dpo_trainer_class
 
     start = time.perf_counter()
     args = build_dpo_config(cfg, run_dir / "dpo")
     args.report_to = tracking.report_to(wandb_run)
-    trainer = make_scheduled_dpo_trainer(cfg.beta)(
+    trainer = dpo_trainer_class(cfg)(
         model=str(sft_path),  # TRL loads the reference from the same path: the SFT model, never a checkpoint
         args=args,
         train_dataset=data.train_pairs,
