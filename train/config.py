@@ -25,6 +25,11 @@ PIPELINE_OWNED_KEYS = {
     "deepspeed": "choose a ZeRO stage with the deepspeed group, e.g. deepspeed=zero3",
     "seed": "set the top-level seed, e.g. seed=1",
     "run_name": "set wandb.name",
+    "save_strategy": "checkpoints are set by checkpoint.every_steps",
+    "save_steps": "set checkpoint.every_steps",
+    "save_total_limit": "set checkpoint.keep",
+    "resume_from_checkpoint": "runs resume by themselves (resume.enabled)",
+    "ddp_timeout": "set faults.collective_timeout_s",
 }
 SECRET_KEY = re.compile(r"(token|api_key|apikey|secret|password)$", re.IGNORECASE)
 
@@ -79,6 +84,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("deepspeed.config.train_batch_size: remove it; it is derived from the batch size and world size at run time")
     if cfg.model.tiny is None and _looks_like_path(cfg.model.name_or_path) and not Path(cfg.model.name_or_path).is_dir():
         raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: no such directory; give a local model directory or a hub id")
+    if cfg.checkpoint.every_steps < 0 or cfg.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
+    if cfg.faults.max_bad_steps < 1 or cfg.faults.collective_timeout_s < 10:
+        raise ConfigError("faults.max_bad_steps must be >= 1 and faults.collective_timeout_s >= 10")
     if cfg.eval.enabled and cfg.eval.num_prompts <= 0:
         raise ConfigError(f"eval.num_prompts={cfg.eval.num_prompts}: must be > 0, or set eval.enabled=false")
     build_sft_config(cfg, Path("/nonexistent/validate-only"), with_deepspeed=False)
@@ -129,6 +138,7 @@ def _common_args(cfg: DictConfig, args: dict[str, Any], output_dir: Path, with_d
             "revision": cfg.model.revision,
         },
         "trust_remote_code": cfg.model.trust_remote_code,
+        "ddp_timeout": cfg.faults.collective_timeout_s,
     }
     # Validation leaves DeepSpeed and the process group out: TrainingArguments would start them.
     if with_deepspeed:
@@ -136,7 +146,7 @@ def _common_args(cfg: DictConfig, args: dict[str, Any], output_dir: Path, with_d
 
         if cfg.deepspeed.config is not None:
             common["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
-        extra = setup_process_group(cfg.deepspeed.config is not None, args.get("ddp_timeout", 1800))
+        extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
         accelerator_config = {**args.pop("accelerator_config", {}), **extra.pop("accelerator_config", {})}
         if accelerator_config:
             common["accelerator_config"] = accelerator_config
@@ -156,7 +166,9 @@ def build_sft_config(cfg: DictConfig, output_dir: Path, with_deepspeed: bool = T
     from trl import SFTConfig
 
     args = _trainer_args(cfg, "sft", SFTConfig)
-    return _build(SFTConfig, "sft", _common_args(cfg, args, output_dir, with_deepspeed))
+    kwargs = _common_args(cfg, args, output_dir, with_deepspeed)
+    kwargs["save_strategy"] = "no"  # SFT is short and shared by a sweep; only its final model is kept
+    return _build(SFTConfig, "sft", kwargs)
 
 
 def build_dpo_config(cfg: DictConfig, output_dir: Path, with_deepspeed: bool = True):
@@ -166,4 +178,7 @@ def build_dpo_config(cfg: DictConfig, output_dir: Path, with_deepspeed: bool = T
     kwargs = _common_args(cfg, args, output_dir, with_deepspeed)
     kwargs["beta"] = cfg.beta.value
     kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
+    every = cfg.checkpoint.every_steps
+    # Saved every `every` steps and at the end (transformers saves at the last step under "steps").
+    kwargs.update(save_strategy="steps", save_steps=every or 10**9, save_total_limit=None)
     return _build(DPOConfig, "dpo", kwargs)

@@ -36,7 +36,8 @@ def fail(message: str) -> None:
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from train.pipeline import run
+    from train.pipeline import Preempted, run
+    from train.trainer import TrainingAborted
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -49,8 +50,12 @@ def hydra_main(cfg: DictConfig) -> None:
         return results
     try:
         results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
-    except ConfigError as err:
+    except (ConfigError, TrainingAborted) as err:
         fail(str(err))
+    except Preempted as stop:
+        print(f"preempted: {stop}", flush=True)
+        # 75 (EX_TEMPFAIL): stopped early, rerun to resume; 0 once the scheduler has requeued the job.
+        sys.exit(0 if stop.requeued else 75)
     if not cfg.dry_run and (run_dir / "results.json").exists():
         print(f"results: {run_dir / 'results.json'}", flush=True)
     return results

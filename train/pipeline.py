@@ -43,7 +43,8 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     # With SFT off, DPO starts from the base model itself, which is then also the reference.
     reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path
     if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
-        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name)
+        # A restarted run (requeue, rerun) continues its W&B run: the id is kept in the run directory.
+        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, tracking.stored_run_id(run_dir, cfg))
         tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
         results["dpo"] = run_dpo(cfg, reference, data, run_dir, wandb_run, results)
     if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled:
@@ -77,6 +78,8 @@ def require_model(path: Path, stage: str) -> Path:
 def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runtime: dict) -> dict:
     from trl import SFTTrainer
 
+    from train.throughput import ThroughputCallback
+
     if not cfg.sft.enabled:
         return {"path": base_path, "skipped": True}
     if (out / COMPLETE).exists():
@@ -87,6 +90,7 @@ def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runt
     args = build_sft_config(cfg, out.with_name(out.name + ".tmp"))
     args.report_to = tracking.report_to(wandb_run)
     trainer = SFTTrainer(model=base_path, args=args, train_dataset=data.sft, processing_class=load_tokenizer(cfg, base_path))
+    ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     trainer.train()
     trainer.save_model(args.output_dir)
     trainer.accelerator.wait_for_everyone()
@@ -101,6 +105,9 @@ def run_sft(cfg, resolved, base_path: str, out: Path, data: PreferenceData, runt
 
 
 def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run, results: dict) -> dict:
+    from train.checkpoint import CompleteCheckpointCallback, find_resume_checkpoint
+    from train.preemption import PreemptionCallback
+    from train.throughput import ThroughputCallback
     from train.trainer import dpo_trainer_class
 
     start = time.perf_counter()
@@ -114,7 +121,30 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
         processing_class=load_tokenizer(cfg, str(sft_path)),
         peft_config=lora_config(cfg) if cfg.dpo.reference == "lora" else None,
     )
-    trainer.train()
+    # The reference forward is part of each step unless its log-probs were precomputed (train/flops.py).
+    ThroughputCallback.attach(trainer, "dpo", reference_forward=cfg.dpo.reference != "precomputed")
+    world, deepspeed = trainer.accelerator.num_processes, cfg.deepspeed.config is not None
+    signature = {
+        "world_size": world,
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+        "seed": cfg.seed,
+        "data": data.train_pairs._fingerprint,
+    }
+    resume_from = None
+    if cfg.resume.enabled:
+        resume_from = find_resume_checkpoint(Path(args.output_dir), signature, cfg.resume.allow_changes, world, deepspeed)
+    if resume_from is not None:
+        print(f"resume: continuing from {resume_from}", flush=True)
+    preemption = PreemptionCallback()
+    trainer.add_callback(CompleteCheckpointCallback(cfg.checkpoint.keep, signature, deepspeed, trainer.accelerator))
+    trainer.add_callback(preemption)
+    preemption.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        preemption.uninstall()
+    if preemption.stopped_at_step is not None:
+        raise Preempted(preemption, trainer.accelerator.is_main_process)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
     trainer.save_model(str(policy_dir))  # under ZeRO-3 the weights are gathered into one full model
@@ -128,7 +158,7 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
         "run_id": wandb_run.id if wandb_run else None,
         "dir": str(Path(wandb_run.dir).parent) if wandb_run else None,
         "project": cfg.wandb.project,
-        "mode": tracking.resolve_mode(cfg.wandb)[0],
+        "mode": None if wandb_run is None else "offline" if wandb_run.offline else "online",
     }
     return {
         "policy_path": str(policy_dir),
@@ -137,7 +167,23 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
         "history": [e for e in trainer.state.log_history if "rewards/margins" in e and "train_runtime" not in e],
         "held_out": {k.removeprefix("eval_"): v for k, v in held_out.items()},
         "steps": trainer.state.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "bad_steps": trainer.bad_steps_total,
     }
+
+
+class Preempted(Exception):
+    """Stopped by a signal after saving a complete checkpoint; the main process has requeued the job."""
+
+    def __init__(self, preemption, is_main_process: bool) -> None:
+        from train.preemption import requeue
+
+        seconds = time.monotonic() - preemption.flag_time if preemption.flag_time else 0.0
+        how = requeue(preemption) if is_main_process else "main process requeues"
+        self.requeued = how.startswith(("scontrol", "submitit"))
+        super().__init__(
+            f"checkpoint at step {preemption.stopped_at_step} complete {seconds:.1f} s after the signal; {how}"
+        )
 
 
 def lora_config(cfg):

@@ -148,6 +148,24 @@ class WandbConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = 50  # DPO checkpoint interval in optimizer steps (and always at the end); 0: only at the end
+    keep: int = 2  # complete checkpoints kept; older ones are deleted after a newer one is complete
+
+
+@dataclass
+class ResumeConfig:
+    enabled: bool = True  # start from the newest complete checkpoint in the run directory, if any
+    allow_changes: bool = False  # resume even if world size, global batch, seed or data changed
+
+
+@dataclass
+class FaultsConfig:
+    max_bad_steps: int = 3  # consecutive NaN/inf-loss steps (each skipped) before the run stops
+    collective_timeout_s: int = 600  # a rank waiting longer than this on the others fails the job
+
+
+@dataclass
 class MainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -157,6 +175,9 @@ class MainConfig:
     dpo: DPOStageConfig = MISSING
     eval: EvalConfig = MISSING
     wandb: WandbConfig = MISSING
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     stage: str = "all"  # all, sft, dpo or eval
     seed: int = 0  # one seed for data generation, model init and trainers
     dry_run: bool = False  # build everything, print a summary, stop before training

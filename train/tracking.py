@@ -27,9 +27,16 @@ def _has_api_key() -> bool:
         return False
 
 
-def _reachable(host: str, timeout_s: float = 3.0) -> bool:
+def _server() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}"))
+    return url.hostname or WANDB_HOST, url.port or (443 if url.scheme == "https" else 80)
+
+
+def _reachable(timeout_s: float = 3.0) -> bool:
     try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
+        with socket.create_connection(_server(), timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -39,14 +46,15 @@ def resolve_mode(cfg_wandb: DictConfig) -> tuple[str, str]:
     """(mode, reason). `auto` never waits on the network for more than a few seconds."""
     if not cfg_wandb.enabled or cfg_wandb.mode == "disabled":
         return "disabled", "wandb.enabled=false"
-    if cfg_wandb.mode != "auto":
-        return cfg_wandb.mode, f"wandb.mode={cfg_wandb.mode}"
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"], "WANDB_MODE is set"
+    wanted = cfg_wandb.mode if cfg_wandb.mode != "auto" else os.environ.get("WANDB_MODE", "auto")
+    if wanted in ("offline", "disabled"):
+        return wanted, f"mode {wanted} requested"
+    # online or auto: go online only if it can work, so training never waits on the network.
     if not _has_api_key():
         return "offline", "no W&B API key (WANDB_API_KEY or netrc); writing offline files, upload later with `wandb sync`"
-    if not _reachable(WANDB_HOST):
-        return "offline", f"{WANDB_HOST} is unreachable; writing offline files, upload later with `wandb sync`"
+    host, port = _server()
+    if not _reachable():
+        return "offline", f"W&B server {host}:{port} is unreachable; writing offline files, upload later with `wandb sync`"
     return "online", "API key found and W&B reachable"
 
 
@@ -59,9 +67,8 @@ def start_run(
         return None
     import wandb
 
-    print(f"wandb: {mode} ({reason})", flush=True)
     os.environ.setdefault("WANDB_WATCH", "false")
-    return wandb.init(
+    settings = dict(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         group=cfg.wandb.group or cfg.experiment,
@@ -70,11 +77,29 @@ def start_run(
         tags=list(cfg.wandb.tags),
         config=resolved,
         dir=str(run_dir),
-        mode=mode,
         id=run_id,
         resume="allow" if run_id else None,
-        settings=wandb.Settings(init_timeout=30, silent=True),
     )
+    try:
+        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=20, silent=True), **settings)
+    except Exception as err:  # a bad key, entity or server: train anyway, offline
+        if mode == "offline":
+            print(f"wandb: disabled (offline start failed: {' '.join(str(err).split())[:200]})", flush=True)
+            return None
+        reason = f"online start failed: {' '.join(str(err).split())[:200]}; writing offline files"
+        mode, run = "offline", wandb.init(mode="offline", settings=wandb.Settings(silent=True), **settings)
+    print(f"wandb: {mode} ({reason})", flush=True)
+    if job_type == "dpo":
+        (run_dir / RUN_ID_FILE).write_text(run.id)
+    return run
+
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def stored_run_id(run_dir: Path, cfg: DictConfig) -> Optional[str]:
+    path = run_dir / RUN_ID_FILE
+    return path.read_text().strip() if cfg.resume.enabled and path.exists() else None
 
 
 def report_to(run) -> list[str]:

@@ -1,0 +1,42 @@
+"""Fault injection for the fault-tolerance tests (issue 6), off unless DPO_FAULT_INJECT is set.
+
+DPO_FAULT_INJECT holds comma-separated `kind:step[:rank]` items:
+  nan:5        the DPO loss becomes NaN at optimizer step 5 (on every rank)
+  sigterm:4    the process sends itself SIGTERM at step 4 (as a scheduler would)
+  die:6:1      rank 1 exits abruptly at step 6 (a crashed node)
+  save:8       the process exits abruptly while saving checkpoint 8 (files written, not yet complete)
+Real code paths run: only the event is simulated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _items() -> list[tuple[str, int, int | None]]:
+    out = []
+    for item in filter(None, os.environ.get("DPO_FAULT_INJECT", "").split(",")):
+        kind, step, *rank = item.split(":")
+        out.append((kind, int(step), int(rank[0]) if rank else None))
+    return out
+
+
+def _hit(kind: str, step: int) -> bool:
+    rank = int(os.environ.get("RANK", "0"))
+    return any(k == kind and s == step and (r is None or r == rank) for k, s, r in _items())
+
+
+def poison_loss(loss, step: int):
+    return loss * float("nan") if _hit("nan", step) else loss
+
+
+def maybe_signal(step: int) -> None:
+    if _hit("sigterm", step):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def maybe_die(kind: str, step: int) -> None:
+    if _hit(kind, step):
+        print(f"fault injection: {kind} at step {step}: exiting abruptly", flush=True)
+        os._exit(1)

@@ -1,0 +1,210 @@
+"""Reference log-probs computed once and reused by every run that would compute the same numbers.
+
+TRL 1.16 (`DPOTrainer._precompute_ref_logps`) already caches precomputed reference log-probs in a
+datasets cache file keyed by (tokenized dataset fingerprint, hash of the model's weights). Two gaps:
+truncation (max_length, truncation_mode) and padding happen later, in the collator, so they are not in
+that key and changing max_length silently reuses log-probs of differently truncated sequences; and
+under ZeRO-3 the weight hash is taken over already-partitioned (empty) parameters. We keep TRL's
+computation (each rank its share of the batches, gathered once, written by the main process) and give
+it a complete key and a project location, `<output_root>/ref_cache/<key>.arrow`, so every run of a
+sweep and a restarted run find it (issue 7).
+
+The key covers, explicitly:
+  reference  sha256 of the reference's weight files and config.json (memoized by size and mtime),
+             the dtype and attention implementation it is loaded with
+  data       sha256 of the tokenized prompt/chosen/rejected ids in row order (so the data, the
+             tokenizer, the chat template and TRL's dropping of over-long prompts are all in it)
+  settings   max_length, truncation_mode, pad_to_multiple_of, padding_free, ld_alpha, pad token id,
+             chat template, TRL version
+A file is used only if its metadata (written last, after the log-probs) repeats every part of the
+key and the row count; anything else is recomputed and overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+FORMAT = 1
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+LOGP_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def token_ids_fingerprint(dataset) -> str:
+    """sha256 of the tokenized columns, row order included (the cached log-probs align by row)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    h = hashlib.sha256(str(len(dataset)).encode())
+    table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")
+    for batch in table.iter(batch_size=10_000):
+        for column in TOKEN_COLUMNS:
+            for chunk in batch.column(column).chunks:
+                h.update(np.asarray(pc.list_value_length(chunk), dtype=np.int64).tobytes())
+                h.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def weights_fingerprint(model_dir: Path, memo_dir: Path) -> str:
+    """sha256 of a model directory's weight files and config.json. Hashing 15 GB takes a while, so the
+    result is memoized under `memo_dir`, valid while every file keeps its name, size and mtime."""
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        raise FileNotFoundError(f"no weight files in {model_dir}")
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo = memo_dir / f"weights-{hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]}.json"
+    if memo.exists():
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["sha256"]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(memo, json.dumps({"stamp": stamp, "sha256": h.hexdigest()}))
+    return h.hexdigest()
+
+
+def local_model_dir(name_or_path: str, revision: str | None) -> Path | None:
+    """The directory the weights were loaded from: the path itself, or the hub cache's snapshot."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, revision=revision, local_files_only=True))
+    except Exception:  # not in the local hub cache: the caller falls back to hashing the loaded module
+        return None
+
+
+def key_parts(trainer, dataset, memo_dir: Path) -> dict[str, Any]:
+    """Everything the reference log-probs of `dataset` depend on (see the module docstring)."""
+    import trl
+
+    args, model, tokenizer = trainer.args, trainer.model, trainer._tokenizer
+    config = model.config
+    model_dir = local_model_dir(config._name_or_path, (args.model_init_kwargs or {}).get("revision"))
+    # TRL's own hash of the loaded module is the fallback for a model not on local disk.
+    weights = weights_fingerprint(model_dir, memo_dir) if model_dir else f"module:{trainer._precompute_model_hash}"
+    return {
+        "format": FORMAT,
+        "reference": {
+            "weights": weights,
+            "dtype": str(model.dtype),
+            "attn_implementation": getattr(config, "_attn_implementation", None),
+        },
+        "data": {"rows": len(dataset), "token_ids": token_ids_fingerprint(dataset)},
+        "settings": {
+            "max_length": args.max_length,
+            "truncation_mode": args.truncation_mode,
+            "pad_to_multiple_of": args.pad_to_multiple_of,
+            "padding_free": args.padding_free,
+            "ld_alpha": args.ld_alpha,
+            "pad_token_id": tokenizer.pad_token_id,
+            "chat_template": tokenizer.chat_template,
+            "trl": trl.__version__,
+        },
+    }
+
+
+class ReferenceLogpsCache:
+    """`<directory>/<key>.arrow` (the two log-prob columns, one row per pair) and `<key>.json`
+    (the key's parts and the row count, written last: its presence means the arrow file is complete)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def arrow_path(self, key: str) -> Path:
+        return self.directory / f"{key}.arrow"
+
+    def meta_path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def lookup(self, key: str, parts: dict) -> Path | None:
+        """The arrow file for `key`, only if its metadata matches `parts` and the file holds every row."""
+        from datasets import Dataset
+
+        arrow, meta = self.arrow_path(key), self.meta_path(key)
+        if not (arrow.exists() and meta.exists()):
+            return None
+        try:
+            saved = json.loads(meta.read_text())
+            table = Dataset.from_file(str(arrow))
+        except Exception:  # unreadable or truncated: treated as absent, recomputed
+            return None
+        rows = parts["data"]["rows"]
+        if saved.get("parts") != json.loads(json.dumps(parts, default=str)) or saved.get("rows") != rows:
+            return None
+        if table.num_rows != rows or not set(LOGP_COLUMNS) <= set(table.column_names):
+            return None
+        return arrow
+
+    def discard(self, key: str) -> None:
+        for path in (self.meta_path(key), self.arrow_path(key)):
+            path.unlink(missing_ok=True)
+
+    def commit(self, key: str, parts: dict, seconds: float) -> None:
+        record = {"key": key, "parts": parts, "rows": parts["data"]["rows"], "compute_s": round(seconds, 3),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_atomic(self.meta_path(key), json.dumps(record, indent=1, default=str))
+
+
+def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_size: int, directory: Path):
+    """TRL's `_precompute_ref_logps` (`compute`) behind the project's cache: returns `dataset` with the
+    ref_chosen_logps / ref_rejected_logps columns, computed (distributed, by TRL) only on a miss."""
+    from accelerate.utils import broadcast_object_list
+    from datasets import Dataset, concatenate_datasets
+
+    accelerator, cache = trainer.accelerator, ReferenceLogpsCache(directory)
+    main = accelerator.is_main_process
+    # Decided on the main process and broadcast: every rank must take the same branch, since a miss
+    # runs collectives (ranks could disagree, e.g. a file appearing between their checks).
+    decision = [None]
+    if main:
+        directory.mkdir(parents=True, exist_ok=True)
+        parts = key_parts(trainer, dataset, directory)
+        key = digest(parts)
+        decision = [(key, parts, cache.lookup(key, parts) is not None)]
+    broadcast_object_list(decision, from_process=0)
+    key, parts, hit = decision[0]
+    arrow = cache.arrow_path(key)
+    if hit:
+        if main:
+            print(f"reference log-probs: reusing {arrow} ({name}, {len(dataset)} pairs)", flush=True)
+        return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
+    if main:
+        cache.discard(key)  # a stale or partial file must not be picked up by TRL's exists() check
+    accelerator.wait_for_everyone()
+    start = time.perf_counter()
+    # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path.
+    trainer._precompute_model_hash = key
+    dataset._get_cache_file_path = lambda fingerprint: str(arrow)
+    try:
+        out = compute(dataset, name, batch_size)
+    finally:
+        del dataset._get_cache_file_path
+    if main:
+        seconds = time.perf_counter() - start
+        cache.commit(key, parts, seconds)
+        print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {accelerator.num_processes} "
+              f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
