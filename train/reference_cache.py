@@ -48,9 +48,9 @@ def token_ids_fingerprint(dataset) -> str:
     table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")
     for batch in table.iter(batch_size=10_000):
         for column in TOKEN_COLUMNS:
-            for chunk in batch.column(column).chunks:
-                h.update(np.asarray(pc.list_value_length(chunk), dtype=np.int64).tobytes())
-                h.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+            ids = batch.column(column).combine_chunks()  # chunking depends on how the rows were selected
+            h.update(np.asarray(pc.list_value_length(ids), dtype=np.int64).tobytes())
+            h.update(np.asarray(ids.flatten(), dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -164,21 +164,32 @@ class ReferenceLogpsCache:
 def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_size: int, directory: Path):
     """TRL's `_precompute_ref_logps` (`compute`) behind the project's cache: returns `dataset` with the
     ref_chosen_logps / ref_rejected_logps columns, computed (distributed, by TRL) only on a miss."""
-    from accelerate.utils import broadcast_object_list
     from datasets import Dataset, concatenate_datasets
+    from datasets.fingerprint import Hasher
 
     accelerator, cache = trainer.accelerator, ReferenceLogpsCache(directory)
     main = accelerator.is_main_process
+    if dataset._indices is not None:
+        # TRL filtered the rows (over-long prompts): a column-wise concatenation would then copy every input,
+        # our log-probs file included, into derived cache files. Flattening first copies only the inputs;
+        # one rank at a time, since ranks whose datasets share a fingerprint write the same file.
+        if main:
+            dataset = dataset.flatten_indices()
+        _barrier()
+        if not main:
+            dataset = dataset.flatten_indices()
     # Decided on the main process and broadcast: every rank must take the same branch, since a miss
     # runs collectives (ranks could disagree, e.g. a file appearing between their checks).
-    decision = [None]
+    decision = None
     if main:
         directory.mkdir(parents=True, exist_ok=True)
         parts = key_parts(trainer, dataset, directory)
         key = digest(parts)
-        decision = [(key, parts, cache.lookup(key, parts) is not None)]
-    broadcast_object_list(decision, from_process=0)
-    key, parts, hit = decision[0]
+        # TRL broadcasts the main process's fingerprint too (dataset fingerprints differ between ranks:
+        # TRL's length filter hashes the rank-specific DPOConfig), so the redirect below must match it.
+        trl_fingerprint = Hasher.hash((dataset._fingerprint, key))
+        decision = (key, parts, cache.lookup(key, parts) is not None, trl_fingerprint)
+    key, parts, hit, trl_fingerprint = _broadcast(decision)
     arrow = cache.arrow_path(key)
     if hit:
         if main:
@@ -186,11 +197,13 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
     if main:
         cache.discard(key)  # a stale or partial file must not be picked up by TRL's exists() check
-    accelerator.wait_for_everyone()
+    _barrier()
     start = time.perf_counter()
-    # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path.
+    # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
+    # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
     trainer._precompute_model_hash = key
-    dataset._get_cache_file_path = lambda fingerprint: str(arrow)
+    default_path = dataset._get_cache_file_path
+    dataset._get_cache_file_path = lambda fp: str(arrow) if fp == trl_fingerprint else default_path(fp)
     try:
         out = compute(dataset, name, batch_size)
     finally:
@@ -198,10 +211,41 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
     if main:
         seconds = time.perf_counter() - start
         cache.commit(key, parts, seconds)
-        print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {accelerator.num_processes} "
+        print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {_world_size()} "
               f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
-    accelerator.wait_for_everyone()
+    _barrier()
     return out
+
+
+# torch.distributed directly, not accelerate: on CPU without DeepSpeed accelerate's state is
+# DistributedType.NO even with several ranks (see train/distributed.py), and its collectives are then no-ops.
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if _distributed() else 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _distributed():
+        dist.barrier()
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    if not _distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _write_atomic(path: Path, text: str) -> None:
