@@ -10,10 +10,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1) -> subprocess.CompletedProcess:
+def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
-    it; W&B offline, outputs under `output_root`."""
-    env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+    it; W&B offline, outputs under `output_root`; `env` adds environment variables."""
+    env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     launcher = [sys.executable, "-m", "train"]
     if nproc > 1:
         accelerate = str(Path(sys.executable).parent / "accelerate")

@@ -53,7 +53,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, TrainingAborted) as err:
         fail(str(err))
     except Preempted as stop:
-        print(f"preempted: {stop}", flush=True)
+        print(f"stopped: {stop}", flush=True)
         # 75 (EX_TEMPFAIL): stopped early, rerun to resume; 0 once the scheduler has requeued the job.
         sys.exit(0 if stop.requeued else 75)
     if not cfg.dry_run and (run_dir / "results.json").exists():
@@ -103,8 +103,8 @@ def quiet_libraries() -> None:
 
 
 def main() -> None:
-    precheck(sys.argv[1:])
     quiet_libraries()
+    precheck(sys.argv[1:])
     hydra_main()
 
 

@@ -144,7 +144,7 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
     finally:
         preemption.uninstall()
     if preemption.stopped_at_step is not None:
-        raise Preempted(preemption, trainer.accelerator.is_main_process)
+        stop_after_preemption(preemption, run_dir, trainer.accelerator.is_main_process)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
     trainer.save_model(str(policy_dir))  # under ZeRO-3 the weights are gathered into one full model
@@ -173,17 +173,26 @@ def run_dpo(cfg, sft_path: Path, data: PreferenceData, run_dir: Path, wandb_run,
 
 
 class Preempted(Exception):
-    """Stopped by a signal after saving a complete checkpoint; the main process has requeued the job."""
+    """Stopped by a signal after saving a complete checkpoint; `requeued` if the scheduler has the job again."""
 
-    def __init__(self, preemption, is_main_process: bool) -> None:
-        from train.preemption import requeue
+    def __init__(self, message: str, requeued: bool) -> None:
+        super().__init__(message)
+        self.requeued = requeued
 
-        seconds = time.monotonic() - preemption.flag_time if preemption.flag_time else 0.0
-        how = requeue(preemption) if is_main_process else "main process requeues"
-        self.requeued = how.startswith(("scontrol", "submitit"))
-        super().__init__(
-            f"checkpoint at step {preemption.stopped_at_step} complete {seconds:.1f} s after the signal; {how}"
-        )
+
+def stop_after_preemption(preemption, run_dir: Path, is_main_process: bool) -> None:
+    """Record the stop in <run dir>/preemptions.jsonl, then requeue (main process) and stop this process."""
+    from train.preemption import requeue
+
+    seconds = time.monotonic() - preemption.flag_time if preemption.flag_time else 0.0
+    message = f"checkpoint at step {preemption.stopped_at_step} complete {seconds:.1f} s after the signal"
+    if not is_main_process:
+        raise Preempted(message, requeued=True)
+    with open(run_dir / "preemptions.jsonl", "a") as f:
+        f.write(json.dumps({"step": preemption.stopped_at_step, "signal_to_checkpoint_s": round(seconds, 2)}) + "\n")
+    print(f"preempted: {message}", flush=True)
+    how = requeue(preemption)  # under submitit this requeues and exits right here
+    raise Preempted(f"{message}; {how}", requeued=how.startswith(("scontrol", "submitit")))
 
 
 def lora_config(cfg):
