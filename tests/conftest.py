@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1,
               env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
-    it; W&B offline, outputs under `output_root`; `env` adds environment variables."""
+    it; W&B offline, outputs under `output_root`; `env` adds (or with None removes) environment variables."""
     env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None in `env` removes a variable
     launcher = [sys.executable, "-m", "train"]
     if nproc > 1:
         accelerate = str(Path(sys.executable).parent / "accelerate")

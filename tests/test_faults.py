@@ -93,11 +93,14 @@ def test_rank_death_fails_the_whole_job_quickly(tmp_path):
 @pytest.mark.parametrize("mode", ["auto", "online"])
 def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path, mode):
     start = time.monotonic()
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://10.255.255.1:8080"}
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://10.255.255.1:8080"}
     proc = run_train(*SHORT, f"wandb.mode={mode}", output_root=tmp_path, env=env)
     assert time.monotonic() - start < 90
-    reasons = [line for line in proc.stdout.splitlines() if line.startswith("wandb: offline (W&B server")]
-    assert len(reasons) == 2  # once per W&B run (SFT is off here: DPO, then evaluation) at most
+    # Either the server is seen to be unreachable up front, or (where a sandbox accepts any TCP
+    # connection, as here) the online start fails and the run falls back to offline files.
+    reasons = [line for line in proc.stdout.splitlines()
+               if line.startswith("wandb: offline (") and ("unreachable" in line or "online start failed" in line)]
+    assert len(reasons) == 1  # said once (SFT and evaluation are off here: one W&B run)
     assert read_results(proc)["wandb"]["mode"] == "offline"
 
 

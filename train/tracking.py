@@ -46,7 +46,7 @@ def resolve_mode(cfg_wandb: DictConfig) -> tuple[str, str]:
     """(mode, reason). `auto` never waits on the network for more than a few seconds."""
     if not cfg_wandb.enabled or cfg_wandb.mode == "disabled":
         return "disabled", "wandb.enabled=false"
-    wanted = cfg_wandb.mode if cfg_wandb.mode != "auto" else os.environ.get("WANDB_MODE", "auto")
+    wanted = cfg_wandb.mode if cfg_wandb.mode != "auto" else os.environ.get("WANDB_MODE") or "auto"
     if wanted in ("offline", "disabled"):
         return wanted, f"mode {wanted} requested"
     # online or auto: go online only if it can work, so training never waits on the network.
@@ -86,7 +86,7 @@ def start_run(
         if mode == "offline":
             print(f"wandb: disabled (offline start failed: {' '.join(str(err).split())[:200]})", flush=True)
             return None
-        reason = f"online start failed: {' '.join(str(err).split())[:200]}; writing offline files"
+        reason = f"online start failed: {type(err).__name__} {' '.join(str(err).split())[:200]}; writing offline files"
         mode, run = "offline", wandb.init(mode="offline", settings=wandb.Settings(silent=True), **settings)
     print(f"wandb: {mode} ({reason})", flush=True)
     if job_type == "dpo":
