@@ -12,7 +12,7 @@ NODES ?= 1
 NPROC_PER_NODE ?= 1
 BETAS ?= 0.05,0.1,0.5
 WAIT ?=
-.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm submit slurm-up slurm-down
+.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm submit slurm-up slurm-down bench gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ slurm-up: ## start the local 2-node SLURM cluster (installs Debian's slurm + mun
 
 slurm-down: ## stop the local SLURM cluster
 	@bash launch/slurm/cluster.sh down
+
+bench: $(VENV)/.installed ## throughput vs TRL's DPO defaults: table, then one JSON line (ARGS=--quick: seconds)
+	$(PY) launch/bench.py $(ARGS)
+
+gpu-check: $(VENV)/.installed ## DPO step of a ~0.5B model in bf16 on one GPU: tokens/s, MFU (no GPU: says so)
+	$(PY) launch/gpu_check.py $(ARGS)
 
 test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
 	$(PY) -m pytest tests $(ARGS)

@@ -96,6 +96,7 @@ class Counts:
     flops: float = 0.0
     tokens: float = 0.0
     sequences: float = 0.0
+    padded_tokens: float = 0.0  # tokens including padding: what the matmuls really process
 
 
 class ThroughputCallback(TrainerCallback):
@@ -137,6 +138,7 @@ class ThroughputCallback(TrainerCallback):
         for counts in (self.window, self.step):
             counts.flops += flops
             counts.tokens += sum(lens)
+            counts.padded_tokens += input_ids.numel()
             counts.sequences += len(lens) / (2 if self.kind == "dpo" else 1)  # a DPO batch is [chosen; rejected]
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

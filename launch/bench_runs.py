@@ -1,0 +1,151 @@
+"""The benchmark's whole-pipeline parts (subprocesses, as a user runs them) and its table (launch/bench.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The speed settings where the project's defaults (conf/dpo, conf/sft) differ from TRL's: the baseline
+# puts TRL's back. Learning rates, epochs, batch sizes and schedules define the experiment and stay equal.
+TRL_DEFAULTS = [
+    "dpo.reference=model",                      # DPOConfig.precompute_ref_log_probs=False: reference forward every step
+    "dpo.args.gradient_checkpointing=true",     # DPOConfig/SFTConfig default
+    "sft.args.gradient_checkpointing=true",
+    "dpo.args.max_length=1024",                 # TRL's default lengths (the data is shorter: no truncation either way)
+    "sft.args.max_length=1024",
+    "dpo.args.logging_steps=10",
+    "sft.args.logging_steps=10",
+]
+
+
+def run(cmd: list[str], log: Path, timeout: int = 3600) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench: {' '.join(cmd[:6])} ... failed ({proc.returncode}); log: {log}\n{proc.stderr[-2000:]}")
+    return seconds, proc
+
+
+def results_of(proc: subprocess.CompletedProcess) -> list[dict]:
+    paths = [line.removeprefix("results: ") for line in proc.stdout.splitlines() if line.startswith("results: ")]
+    return [json.loads(Path(p).read_text()) for p in dict.fromkeys(paths)]
+
+
+def prebuild_model(root: Path, model: list[str], data) -> None:
+    """Build the base model before any timing: it is the benchmark's input, not part of a pipeline run."""
+    from launch.bench import compose
+    from train.models import ensure_base_model
+
+    ensure_base_model(compose([*model, *data(16, 16), f"output_root={root}"]))
+
+
+def sweep_cost(sizes: dict, root: Path, model: list[str], data) -> dict:
+    """One 4-beta sweep through the project vs 4 independent TRL-default runs, alternating which goes first."""
+    prebuild_model(root, model, data)
+    betas, common = sizes["betas"], [*model, *data(sizes["sweep_pairs"], sizes["sweep_rows"]), "checkpoint.every_steps=0"]
+    rounds = []
+    for r in range(sizes["sweep_rounds"]):
+        base = root / "sweep" / f"round{r}"
+        sides = {}
+        for side in (["project", "trl_default"] if r % 2 == 0 else ["trl_default", "project"]):
+            if side == "project":
+                cmd = [sys.executable, "-m", "train", "-m", f"beta.value={','.join(map(str, betas))}",
+                       f"output_root={base / 'project'}", "hydra.sweep.subdir=beta_${beta.value}", *common]
+                seconds, proc = run(cmd, root / "logs" / f"sweep{r}-project.log")
+                stages = results_of(proc)
+            else:
+                seconds, stages = 0.0, []
+                for i, beta in enumerate(betas):
+                    cmd = [sys.executable, "-m", "train", f"beta.value={beta}", f"output_root={base / f'trl{i}'}",
+                           f"hydra.run.dir={base / f'trl{i}' / 'run'}", *common, *TRL_DEFAULTS]
+                    s, proc = run(cmd, root / "logs" / f"sweep{r}-trl{i}.log")
+                    seconds += s
+                    stages += results_of(proc)
+            sides[side] = {"wall_s": seconds, "sft_s": sum(x["runtime_s"].get("sft", 0) for x in stages),
+                           "dpo_s": sum(x["runtime_s"].get("dpo", 0) for x in stages), "runs": len(stages)}
+            print(f"bench: sweep round {r + 1} {side}: {seconds:.1f} s", flush=True)
+        rounds.append(sides)
+    ratios = [x["project"]["wall_s"] / x["trl_default"]["wall_s"] for x in rounds]
+    stage_ratios = [(x["project"]["sft_s"] + x["project"]["dpo_s"]) / (x["trl_default"]["sft_s"] + x["trl_default"]["dpo_s"])
+                    for x in rounds]
+    return {"rounds": rounds, "betas": betas, "sweep_cost_ratio": sorted(ratios)[len(ratios) // 2],
+            "stage_time_ratio": sorted(stage_ratios)[len(stage_ratios) // 2], "trl_default_overrides": TRL_DEFAULTS}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "zero3"), extra: tuple = ()) -> dict:
+    """Peak RSS per rank of a 2-process DPO run (SFT off, the base model as policy and reference)."""
+    prebuild_model(root, model, data)
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    figures = {}
+    for stage in stages:
+        cmd = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
+               "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "train",
+               f"output_root={root / 'rss' / stage}", f"hydra.run.dir={root / 'rss' / stage / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
+               "sft.enabled=false", f"deepspeed={stage}", f"+dpo.args.max_steps={sizes['rss_steps']}",
+               f"dpo.args.per_device_train_batch_size={sizes['rss_batch']}", "checkpoint.every_steps=0", *extra]
+        _, proc = run(cmd, root / "logs" / f"rss-{stage}.log")
+        ranks = results_of(proc)[0]["distributed"]["ranks"]
+        figures[stage] = {"peak_rss_mb": [r["peak_rss_mb"] for r in ranks],
+                          "policy_params_local": [r["policy_params_local"] for r in ranks]}
+        print(f"bench: rss {stage}: {figures[stage]['peak_rss_mb']} MB", flush=True)
+    mean = {s: sum(f["peak_rss_mb"]) / len(f["peak_rss_mb"]) for s, f in figures.items()}
+    return {**figures, "zero3_rss_ratio": mean["zero3"] / mean["none"]}
+
+
+def format_rows(result: dict) -> str:
+    d = result["details"]
+    lines = [f"bench ({result['mode']}): {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+             f"torch threads {result['threads']['torch_threads']}, trl {result['versions']['trl']}, "
+             f"torch {result['versions']['torch']}", ""]
+    if "steps" in d:
+        s = d["steps"]
+        lines += [f"DPO steps: {s['model_parameters'] / 1e6:.1f}M-parameter Llama, batch {s['sides']['project'][0]['pairs_per_step']} "
+                  f"pairs, {result['rounds']['dpo_steps']} alternating round(s), peak fp32 matmul {s['peak_flops'] / 1e9:.0f} GFLOP/s",
+                  f"  {'side':<12} {'pairs/s':>8} {'tokens/s':>9} {'step s':>7} {'MFU':>6} {'padding':>8} {'construct s':>12}"]
+        for side, runs in s["sides"].items():
+            for i, r in enumerate(runs):
+                lines.append(f"  {side if i == 0 else '':<12} {r['pairs_per_s']:8.2f} {r['tokens_per_s']:9.0f} "
+                             f"{r['step_s']:7.2f} {r['mfu']:6.3f} {r['padding_fraction']:8.1%} {r['construct_s']:12.1f}")
+        lines.append(f"  paired ratios {', '.join(f'{x:.2f}' for x in s['paired_ratios'])}; project: {s['project_settings']}")
+    if "ablate" in d:
+        lines += ["", "Project defaults, each against its alternative (alternating rounds, medians):",
+                  f"  {'variant':<30} {'pairs/s':>8} {'tokens/s':>9} {'padding':>8} {'default is faster by':>21}"]
+        for name, a in d["ablate"].items():
+            lines.append(f"  {name:<30} {a['pairs_per_s']:8.2f} {a['tokens_per_s']:9.0f} {a['padding_fraction']:8.1%} "
+                         f"{a['project_default_speedup']:20.2f}x")
+    if "sweep" in d:
+        w = d["sweep"]
+        lines += ["", f"Sweep of {len(w['betas'])} betas (SFT + DPO, eval off), wall s per round:"]
+        for i, rnd in enumerate(w["rounds"]):
+            lines.append(f"  round {i + 1}: project {rnd['project']['wall_s']:.1f} (sft {rnd['project']['sft_s']:.1f}, dpo "
+                         f"{rnd['project']['dpo_s']:.1f}); trl defaults {rnd['trl_default']['wall_s']:.1f} (sft "
+                         f"{rnd['trl_default']['sft_s']:.1f}, dpo {rnd['trl_default']['dpo_s']:.1f})")
+    if "rss" in d:
+        r = d["rss"]
+        lines += ["", "Peak RSS per rank, 2 processes: " + "; ".join(
+            f"{stage} {', '.join(f'{x:.0f}' for x in r[stage]['peak_rss_mb'])} MB" for stage in ("none", "zero3"))]
+    lines += ["", f"  dpo_step_ratio {fmt(result['dpo_step_ratio'])} (target >= 1.3)   sweep_cost_ratio "
+              f"{fmt(result['sweep_cost_ratio'])} (<= 0.65)   mfu {fmt(result['mfu'])} (>= 0.4)   zero3_rss_ratio "
+              f"{fmt(result['zero3_rss_ratio'])} (<= 0.7)   [{result['wall_s']:.0f} s]"]
+    return "\n".join(lines)
+
+
+def fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

@@ -1,0 +1,97 @@
+"""GPU check (issue 7): the benchmark's DPO step on one GPU in bf16, with a ~0.5B Llama built from a config.
+
+    python launch/gpu_check.py                  # ~0.5B model, 25 timed steps after 5 warm-up steps
+    python launch/gpu_check.py --batch 128      # pairs per step (default 64)
+    python launch/gpu_check.py --smoke          # the same code on this CPU with the tiny model, fp32 (wiring check)
+
+Reports tokens/s, pairs/s and MFU against the GPU's dense bf16 peak (train/throughput.py's table: H100 SXM
+and H200 989 TFLOP/s, A100 312, ...; a bf16 matmul measured on the spot for a GPU not in the table).
+Same code path as `make bench`: the project's DPO trainer and defaults, the synthetic preference data,
+the FLOP count of train/flops.py. No download: weights are random (throughput does not depend on them),
+built on the CPU and saved once under outputs/gpu_check/. Takes under five minutes on an H100.
+Without a GPU it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Qwen2.5-0.5B's widths (896 wide, MLP 4864, 14 heads of 64) with 32 layers and the tiny tokenizer's small
+# vocabulary: ~0.52B parameters, nearly all in the decoder layers.
+MODEL_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 32, "num_attention_heads": 14,
+             "max_position_embeddings": 512}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=25, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps")
+    parser.add_argument("--batch", type=int, default=64, help="pairs per step")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check")
+    parser.add_argument("--smoke", action="store_true", help="run the same path on the CPU with the tiny model")
+    opts = parser.parse_args(argv)
+    if opts.smoke:
+        opts.steps, opts.warmup, opts.batch = 2, 1, 8
+    elif not torch.cuda.is_available():
+        print("gpu_check: no GPU on this machine (torch.cuda.is_available() is False); nothing to measure.", flush=True)
+        return 0
+
+    from launch.bench import compose, data_overrides, project_trainer
+    from train.data import load_preference_data
+    from train.distributed import count_parameters_from_config
+    from train.models import ensure_base_model, load_tokenizer
+    from train.throughput import ThroughputCallback, peak_flops, peak_memory_mb
+
+    start = time.perf_counter()
+    root = opts.out.resolve()
+    pairs = opts.batch * (opts.steps + opts.warmup)
+    model = [f"model.name_or_path={root / 'models' / 'tiny'}"] if opts.smoke else [
+        *[f"model.tiny.{k}={v}" for k, v in MODEL_05B.items()], f"model.name_or_path={root / 'models' / 'llama-05b'}",
+        "model.dtype=bfloat16", "+dpo.args.bf16=true"]
+    cfg = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false"])
+    model_path = ensure_base_model(cfg)
+    tokenizer = load_tokenizer(cfg, model_path)
+    data = load_preference_data(cfg, tokenizer)
+    built_s = time.perf_counter() - start
+    trainer = project_trainer(cfg, model_path, data, tokenizer, opts.batch, opts.steps + opts.warmup, root / "dpo")
+    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=cfg.dpo.reference != "precomputed")
+    trainer.train()
+    steps = callback.steps[opts.warmup:]
+    seconds = sum(s["seconds"] for s in steps)
+    device = torch.device("cpu") if opts.smoke else torch.device("cuda", torch.cuda.current_device())
+    peak = peak_flops(device, torch.float32 if opts.smoke else torch.bfloat16)
+    result = {
+        "gpu": "cpu (smoke)" if opts.smoke else torch.cuda.get_device_name(device),
+        "parameters": count_parameters_from_config(model_path, False),
+        "batch_pairs": opts.batch,
+        "steps_timed": len(steps),
+        "tokens_per_s": sum(s["tokens"] for s in steps) / seconds,
+        "pairs_per_s": sum(s["sequences"] for s in steps) / seconds,
+        "step_s_median": statistics.median(s["seconds"] for s in steps),
+        "mfu": sum(s["flops"] for s in steps) / seconds / peak,
+        "peak_flops": peak,
+        "dtype": "float32" if opts.smoke else "bfloat16",
+        "peak_memory_gb": peak_memory_mb(device) / 1024,
+        "reference": cfg.dpo.reference,
+        "setup_s": round(built_s, 1),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    print(f"gpu_check: {result['gpu']}, {result['parameters'] / 1e9:.2f}B parameters, batch {opts.batch} pairs: "
+          f"{result['tokens_per_s']:.0f} tokens/s, {result['pairs_per_s']:.1f} pairs/s, MFU {result['mfu']:.3f} of "
+          f"{peak / 1e12:.2f} TFLOP/s, peak memory {result['peak_memory_gb']:.1f} GiB, {result['wall_s']:.0f} s in all", flush=True)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

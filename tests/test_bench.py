@@ -1,0 +1,59 @@
+"""Throughput (issue 7): the figures logged to W&B during a run, and `make bench` in its quick mode."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import wandb_file
+from conftest import REPO, read_results, run_train
+
+pytestmark = pytest.mark.slow
+THROUGHPUT = ("throughput/tokens_per_s", "throughput/mfu", "throughput/peak_memory_mb")
+
+
+def wandb_rows(offline_run_dir: Path) -> list[dict]:
+    return wandb_file.history(wandb_file.run_file(offline_run_dir))
+
+
+def test_throughput_reaches_wandb_at_every_logging_step_of_sft_and_dpo(tmp_path):
+    proc = run_train("debug=fast", "eval.enabled=false", "+dpo.args.max_steps=4", "dpo.args.logging_steps=2",
+                     "dpo.args.warmup_steps=0", "sft.args.logging_steps=4", output_root=tmp_path)
+    results = read_results(proc)
+    dpo_rows = [r for r in wandb_rows(Path(results["wandb"]["dir"])) if "train/loss" in r]
+    assert [r["train/global_step"] for r in dpo_rows] == [2, 4]
+    (sft_run,) = (tmp_path / "sft" / "wandb").glob("offline-run-*")
+    sft_rows = [r for r in wandb_rows(sft_run) if "train/loss" in r]
+    assert sft_rows
+    for rows, per_s in ((dpo_rows, "throughput/pairs_per_s"), (sft_rows, "throughput/rows_per_s")):
+        for row in rows:
+            for key in (*THROUGHPUT, per_s):
+                assert row[f"train/{key}"] > 0, (key, row)
+            assert row["train/throughput/mfu"] < 1
+    # The same figures are in the trainer's history (results.json) as in W&B.
+    assert results["dpo"]["history"][-1]["throughput/pairs_per_s"] == dpo_rows[-1]["train/throughput/pairs_per_s"]
+
+
+def test_make_bench_quick_prints_a_table_and_one_json_object_last(tmp_path):
+    env = {**os.environ, "BENCH_QUICK": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(["make", "--no-print-directory", "bench", f"ARGS=--out {tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["mode"] == "quick"
+    for key in ("dpo_step_ratio", "sweep_cost_ratio", "zero3_rss_ratio"):
+        assert result[key] > 0, key
+    assert 0 < result["mfu"] < 1
+    assert {"cpu", "cores"} <= set(result["machine"]) and result["threads"]["torch_threads"] >= 1
+    assert {"torch", "transformers", "trl", "deepspeed"} <= set(result["versions"])
+    assert result["rounds"]["dpo_steps"] >= 1
+    steps = result["details"]["steps"]["sides"]
+    assert len(steps["trl_default"]) == len(steps["project"]) == result["rounds"]["dpo_steps"]
+    sweep = result["details"]["sweep"]["rounds"][0]
+    betas = result["details"]["sweep"]["betas"]
+    assert sweep["project"]["runs"] == sweep["trl_default"]["runs"] == len(betas)
+    table = "\n".join(lines[:-1])
+    assert "dpo_step_ratio" in table and "zero3_rss_ratio" in table and "pairs/s" in table
