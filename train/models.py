@@ -15,7 +15,9 @@ def ensure_base_model(cfg: DictConfig) -> str:
     from train.tiny import build_tiny_model
 
     spec = OmegaConf.to_container(cfg.model.tiny)
-    return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(cfg.seed), cfg.seed))
+    # Built from its spec alone (fixed seed 0), like a downloaded model: changing the run's seed must
+    # not rebuild the weights at the same path under runs that already use them.
+    return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(0), seed=0))
 
 
 def load_tokenizer(cfg: DictConfig, path: str):
