@@ -67,7 +67,7 @@ gpu-check: $(VENV)/.installed ## DPO step of a ~0.5B model in bf16 on one GPU: t
 	$(PY) launch/gpu_check.py $(ARGS)
 
 test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
-	$(PY) -m pytest tests $(ARGS)
+	$(PY) -m pytest tests --durations=15 $(ARGS)
 
 test-fast: $(VENV)/.installed ## config and pure-function tests only (seconds)
 	$(PY) -m pytest tests -m "not slow and not multiproc and not slurm" $(ARGS)

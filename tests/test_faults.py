@@ -90,11 +90,10 @@ def test_rank_death_fails_the_whole_job_quickly(tmp_path):
     assert elapsed < 120, elapsed  # bounded: not the 30-minute default collective timeout
 
 
-@pytest.mark.parametrize("mode", ["auto", "online"])
-def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path, mode):
+def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path):
     start = time.monotonic()
     env = {"WANDB_MODE": None, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://10.255.255.1:8080"}
-    proc = run_train(*SHORT, f"wandb.mode={mode}", output_root=tmp_path, env=env)
+    proc = run_train(*SHORT, "wandb.mode=online", output_root=tmp_path, env=env)
     assert time.monotonic() - start < 90
     # Either the server is seen to be unreachable up front, or (where a sandbox accepts any TCP
     # connection, as here) the online start fails and the run falls back to offline files.
@@ -104,20 +103,17 @@ def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path, mode):
     assert read_results(proc)["wandb"]["mode"] == "offline"
 
 
-@pytest.mark.parametrize("change,what", [
-    ("dpo.args.per_device_train_batch_size=16", "global_batch 32 -> 16"),
-    ("seed=1", "seed 0 -> 1"),
-    ("data.synthetic.num_pairs=384", "data "),
-])
-def test_resume_refuses_changed_settings(tmp_path, change, what):
+def test_resume_refuses_changed_settings(tmp_path):
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     stopped = run_train(*SHORT, run_dir, output_root=tmp_path, check=False, env={"DPO_FAULT_INJECT": "sigterm:4"})
     assert stopped.returncode == 75
-    refused = run_train(*SHORT, run_dir, change, output_root=tmp_path, check=False)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
-    assert "cannot resume" in line and what in line and "resume.allow_changes=true" in line
-    allowed = read_results(run_train(*SHORT, run_dir, change, "resume.allow_changes=true", output_root=tmp_path))
+    for change, what in [("dpo.args.per_device_train_batch_size=16", "global_batch 32 -> 16"),
+                         ("seed=1", "seed 0 -> 1"), ("data.synthetic.num_pairs=384", "data ")]:
+        refused = run_train(*SHORT, run_dir, change, output_root=tmp_path, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+        assert "cannot resume" in line and what in line and "resume.allow_changes=true" in line
+    allowed = read_results(run_train(*SHORT, run_dir, "seed=1", "resume.allow_changes=true", output_root=tmp_path))
     assert allowed["dpo"]["resumed_from"].endswith("checkpoint-4")
 
 
