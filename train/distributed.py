@@ -41,10 +41,15 @@ def setup_process_group(use_deepspeed: bool, timeout_s: int) -> dict[str, Any]:
 
     # Building any TrainingArguments (validation does) already created a backend-less state: start over.
     AcceleratorState._reset_state(reset_partial_state=True)
+    timeout = timedelta(seconds=timeout_s)
     if use_deepspeed:
         # accelerate picks DistributedType.DEEPSPEED from this variable, as `accelerate launch --use_deepspeed` would.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    PartialState(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        PartialState(backend="gloo", timeout=timeout)
+    else:
+        # cpu=True makes it MULTI_CPU: without it the state says NO, and the Trainer would skip DDP's
+        # gradient all-reduce (every rank training on its own) while still sharding the data.
+        PartialState(cpu=True, backend="gloo", timeout=timeout)
     return {"accelerator_config": {"use_configured_state": True}, "ddp_backend": "gloo"}
 
 
