@@ -4,6 +4,7 @@
     python launch/bench.py --quick         # seconds-scale sizes, 1 round (what the tests run); or BENCH_QUICK=1
     python launch/bench.py --only steps    # one part: steps, sweep or rss
     python launch/bench.py --ablate        # also: each project default against its alternative, alternated
+    python launch/bench.py --profile       # also: torch.profiler over the project's DPO step (where time goes)
 
 Prints a table, then as its LAST line one JSON object (issue 7):
   dpo_step_ratio    pairs/s of the project's DPO training / pairs/s of trl.DPOTrainer with TRL's defaults
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 # ~19.3M parameters (Llama: 6 layers of width 512, MLP 1376, 8 heads, vocabulary 1024).
 MODEL_20M = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 8}
 FULL = {"model": MODEL_20M, "pairs": 512, "sft_rows": 512, "batch": 32, "steps": 8, "warmup": 2, "rounds": 3,
-        "sweep_pairs": 256, "sweep_rows": 256, "sweep_rounds": 1, "betas": [0.05, 0.1, 0.2, 0.5],
+        "sweep_pairs": 256, "sweep_rows": 256, "sweep_rounds": 3, "betas": [0.05, 0.1, 0.2, 0.5],
         "rss_steps": 12, "rss_batch": 8}
 QUICK = {"model": None, "pairs": 96, "sft_rows": 64, "batch": 16, "steps": 4, "warmup": 1, "rounds": 1,
          "sweep_pairs": 64, "sweep_rows": 64, "sweep_rounds": 1, "betas": [0.1, 0.5],
@@ -95,19 +96,19 @@ def project_trainer(cfg, model_path: str, data, tokenizer, batch: int, steps: in
                                   eval_dataset=data.test_pairs, processing_class=tokenizer)
 
 
-def measure_steps(build, reference_forward: bool, batch: int, warmup: int, peak: float) -> dict:
+def measure_steps(build, reference_forward: bool, batch: int, warmup: int, peak: float, kind: str = "dpo") -> dict:
     """Train with the throughput callback; figures over the steps after `warmup`."""
     from train.throughput import ThroughputCallback
 
     start = time.perf_counter()
     trainer = build()
     construct_s = time.perf_counter() - start
-    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward)
+    callback = ThroughputCallback.attach(trainer, kind, reference_forward=reference_forward)
     trainer.train()
     steps = callback.steps[warmup:]
     seconds = sum(s["seconds"] for s in steps)
     figures = {
-        "pairs_per_s": sum(s["sequences"] for s in steps) / seconds,
+        "pairs_per_s": sum(s["sequences"] for s in steps) / seconds,  # rows for SFT
         "tokens_per_s": sum(s["tokens"] for s in steps) / seconds,
         "step_s": statistics.median(s["seconds"] for s in steps),
         "mfu": sum(s["flops"] for s in steps) / seconds / peak,
@@ -142,8 +143,8 @@ def alternate(builders: dict, sizes: dict, peaks: list[float]) -> dict[str, list
     for r in range(sizes["rounds"]):
         for name in names if r % 2 == 0 else names[::-1]:
             peaks.append(measure_matmul_peak(size=1024))
-            build, reference_forward = builders[name]
-            sides[name].append(measure_steps(build, reference_forward, sizes["batch"], sizes["warmup"], 1.0))
+            build, reference_forward, *kind = builders[name]
+            sides[name].append(measure_steps(build, reference_forward, sizes["batch"], sizes["warmup"], 1.0, *kind))
             print(f"bench: round {r + 1} {name}: {sides[name][-1]['pairs_per_s']:.2f} pairs/s", flush=True)
     return sides
 
@@ -212,10 +213,28 @@ def with_lengths(data):
     return dataclasses.replace(data, train_pairs=data.train_pairs.map(length))
 
 
+def sft_trainer(cfg, model_path: str, data, tokenizer, batch: int, steps: int, out: Path):
+    """The pipeline's SFT trainer and settings (conf/sft/default.yaml), as train/pipeline.py builds them."""
+    from trl import SFTTrainer
+
+    from train.config import build_sft_config
+
+    args = build_sft_config(cfg, out)
+    args.per_device_train_batch_size, args.max_steps = batch, steps
+    args.report_to, args.disable_tqdm = [], True
+    return SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer)
+
+
 def ablations(sizes: dict, root: Path) -> dict:
     cfg, model_path, tokenizer, data = load_inputs(sizes, root)
     batch, steps, peaks = sizes["batch"], sizes["steps"] + sizes["warmup"], []
     with tempfile.TemporaryDirectory(dir=root) as tmp:
+        gc_on = load_inputs(sizes, root, ["sft.args.gradient_checkpointing=true"])[0]
+        sft_sides = alternate({
+            "sft": (lambda: sft_trainer(cfg, model_path, data, tokenizer, batch, steps, Path(tmp) / "s"), False, "sft"),
+            "sft gradient_checkpointing=true": (lambda: sft_trainer(gc_on, model_path, data, tokenizer, batch, steps,
+                                                                     Path(tmp) / "sg"), False, "sft"),
+        }, sizes, peaks)
         builders = {"project": (lambda: project_trainer(cfg, model_path, data, tokenizer, batch, steps, Path(tmp) / "p"),
                                 reference_forward(cfg))}
         for name, overrides in ablation_variants(cfg).items():
@@ -224,13 +243,51 @@ def ablations(sizes: dict, root: Path) -> dict:
             builders[name] = (lambda v=variant, d=rows, n=name: project_trainer(v, model_path, d, tokenizer, batch, steps,
                                                                                  Path(tmp) / n), reference_forward(variant))
         sides = alternate(builders, sizes, peaks)
-    with_peak(sides, peaks)
-    base = statistics.median(r["pairs_per_s"] for r in sides["project"])
+    with_peak({**sides, **sft_sides}, peaks)
+    base = {name: statistics.median(r["pairs_per_s"] for r in sides["project"]) for name in sides}
+    base.update({name: statistics.median(r["pairs_per_s"] for r in sft_sides["sft"]) for name in sft_sides})
+    sides.update(sft_sides)
     return {name: {"pairs_per_s": statistics.median(r["pairs_per_s"] for r in runs),
                    "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
                    "padding_fraction": statistics.median(r["padding_fraction"] for r in runs),
-                   "project_default_speedup": base / statistics.median(r["pairs_per_s"] for r in runs), "runs": runs}
+                   "project_default_speedup": base[name] / statistics.median(r["pairs_per_s"] for r in runs), "runs": runs}
             for name, runs in sides.items()}
+
+
+def profile_steps(sizes: dict, root: Path, steps: int = 3) -> dict:
+    """torch.profiler over `steps` project DPO steps (after the warm-up): where a step's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+    from transformers import TrainerCallback
+
+    cfg, model_path, tokenizer, data = load_inputs(sizes, root)
+    prof = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=sizes["warmup"], warmup=0, active=steps))
+
+    class Step(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            prof.step()
+
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        trainer = project_trainer(cfg, model_path, data, tokenizer, sizes["batch"], sizes["warmup"] + steps, Path(tmp) / "p")
+        trainer.add_callback(Step())
+        with prof:
+            trainer.train()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"matmul (mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "attention (sdpa kernels)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                           "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+              "optimizer (_foreach_*)": ("aten::_foreach_",)}
+    shares = {name: sum(e.self_cpu_time_total for e in events if e.key.startswith(prefixes)) / total
+              for name, prefixes in groups.items()}
+    shares["everything else"] = 1 - sum(shares.values())
+    trace = root / "profile_trace.json"
+    prof.export_chrome_trace(str(trace))
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    return {"steps": steps, "self_cpu_s_per_step": total / 1e6 / steps, "shares": shares, "trace": str(trace),
+            "top_ops": [{"op": e.key, "self_s_per_step": e.self_cpu_time_total / 1e6 / steps, "calls": e.count // steps,
+                         "share": e.self_cpu_time_total / total} for e in top],
+            "threads": torch.get_num_threads()}
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -271,14 +328,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 3, quick 1)")
-    parser.add_argument("--only", choices=("steps", "sweep", "rss", "ablate"), action="append", help="run only these parts")
+    parser.add_argument("--only", choices=("steps", "sweep", "rss", "ablate", "profile"), action="append", help="run only these parts")
     parser.add_argument("--ablate", action="store_true", help="also measure each project default against its alternative")
+    parser.add_argument("--profile", action="store_true", help="also profile the project's DPO step (torch.profiler)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench", help="work directory (models, runs)")
     opts = parser.parse_args(argv)
     sizes = dict(QUICK if opts.quick else FULL)
     if opts.rounds:
         sizes["rounds"] = opts.rounds
     parts = set(opts.only or ("steps", "sweep", "rss")) | ({"ablate"} if opts.ablate else set())
+    parts |= {"profile"} if opts.profile else set()
     root = (opts.out / ("quick" if opts.quick else "full")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -291,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["dpo_step_ratio"], result["mfu"] = details["steps"]["dpo_step_ratio"], details["steps"]["mfu"]
     if "ablate" in parts:
         details["ablate"] = ablations(sizes, root)
+    if "profile" in parts:
+        details["profile"] = profile_steps(sizes, root)
     if "sweep" in parts:
         details["sweep"] = sweep_cost(sizes, root, model_overrides(sizes, root), data_overrides)
         result["sweep_cost_ratio"] = details["sweep"]["sweep_cost_ratio"]
@@ -302,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
         machine=machine(),
         threads=threads(),
         versions=versions(),
-        rounds={"dpo_steps": sizes["rounds"], "sweep": sizes["sweep_rounds"], "rss": 1},
+        rounds={"dpo_steps": sizes["rounds"], "sweep": sizes["sweep_rounds"], "rss": 1},  # RSS: not timing, 1 run each
         sizes=sizes,
         wall_s=round(time.perf_counter() - start, 1),
         details=details,

@@ -99,14 +99,32 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
                "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "train",
                f"output_root={root / 'rss' / stage}", f"hydra.run.dir={root / 'rss' / stage / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
                "sft.enabled=false", f"deepspeed={stage}", f"+dpo.args.max_steps={sizes['rss_steps']}",
-               f"dpo.args.per_device_train_batch_size={sizes['rss_batch']}", "checkpoint.every_steps=0", *extra]
+               f"dpo.args.per_device_train_batch_size={sizes['rss_batch']}", "checkpoint.every_steps=0",
+               "dpo.args.logging_steps=1", *extra]
         _, proc = run(cmd, root / "logs" / f"rss-{stage}.log")
-        ranks = results_of(proc)[0]["distributed"]["ranks"]
-        figures[stage] = {"peak_rss_mb": [r["peak_rss_mb"] for r in ranks],
-                          "policy_params_local": [r["policy_params_local"] for r in ranks]}
+        results = results_of(proc)[0]
+        ranks = results["distributed"]["ranks"]
+        figures[stage] = {
+            "peak_rss_mb": [r["peak_rss_mb"] for r in ranks],  # whole process, end of the DPO stage (save included)
+            # The largest rank's high-water mark after the last training step: training only (ThroughputCallback).
+            "training_peak_rss_mb": results["dpo"]["history"][-1]["throughput/peak_memory_mb"],
+            "policy_params_local": [r["policy_params_local"] for r in ranks],
+        }
         print(f"bench: rss {stage}: {figures[stage]['peak_rss_mb']} MB", flush=True)
     mean = {s: sum(f["peak_rss_mb"]) / len(f["peak_rss_mb"]) for s, f in figures.items()}
-    return {**figures, "zero3_rss_ratio": mean["zero3"] / mean["none"]}
+    base = import_rss_mb()
+    training = {s: f["training_peak_rss_mb"] for s, f in figures.items()}
+    return {**figures, "import_rss_mb": base, "zero3_rss_ratio": mean["zero3"] / mean["none"],
+            "training_rss_ratio": training["zero3"] / training["none"],
+            "above_imports_ratio": (training["zero3"] - base) / (training["none"] - base)}
+
+
+def import_rss_mb() -> float:
+    """RSS of a process that has only imported what a DPO run imports: the floor under every rank."""
+    code = ("import resource, deepspeed, trl, train.pipeline, train.trainer; from trl import DPOTrainer; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def format_rows(result: dict) -> str:
@@ -125,11 +143,17 @@ def format_rows(result: dict) -> str:
                              f"{r['step_s']:7.2f} {r['mfu']:6.3f} {r['padding_fraction']:8.1%} {r['construct_s']:12.1f}")
         lines.append(f"  paired ratios {', '.join(f'{x:.2f}' for x in s['paired_ratios'])}; project: {s['project_settings']}")
     if "ablate" in d:
-        lines += ["", "Project defaults, each against its alternative (alternating rounds, medians):",
-                  f"  {'variant':<30} {'pairs/s':>8} {'tokens/s':>9} {'padding':>8} {'default is faster by':>21}"]
+        lines += ["", "Project defaults, each against its alternative (alternating rounds, medians; SFT in rows/s):",
+                  f"  {'variant':<32} {'pairs/s':>8} {'tokens/s':>9} {'padding':>8} {'default is faster by':>21}"]
         for name, a in d["ablate"].items():
-            lines.append(f"  {name:<30} {a['pairs_per_s']:8.2f} {a['tokens_per_s']:9.0f} {a['padding_fraction']:8.1%} "
+            lines.append(f"  {name:<32} {a['pairs_per_s']:8.2f} {a['tokens_per_s']:9.0f} {a['padding_fraction']:8.1%} "
                          f"{a['project_default_speedup']:20.2f}x")
+    if "profile" in d:
+        pr = d["profile"]
+        lines += ["", f"Profile of the project's DPO step (torch.profiler, {pr['steps']} steps, {pr['threads']} threads): "
+                  f"{pr['self_cpu_s_per_step']:.2f} s of op time per step; trace {pr['trace']}",
+                  "  " + "; ".join(f"{k} {v:.0%}" for k, v in pr["shares"].items())]
+        lines += [f"  {op['op'][:58]:<58} {op['self_s_per_step']:7.3f} s {op['share']:6.1%} x{op['calls']}" for op in pr["top_ops"]]
     if "sweep" in d:
         w = d["sweep"]
         lines += ["", f"Sweep of {len(w['betas'])} betas (SFT + DPO, eval off), wall s per round:"]
@@ -140,7 +164,10 @@ def format_rows(result: dict) -> str:
     if "rss" in d:
         r = d["rss"]
         lines += ["", "Peak RSS per rank, 2 processes: " + "; ".join(
-            f"{stage} {', '.join(f'{x:.0f}' for x in r[stage]['peak_rss_mb'])} MB" for stage in ("none", "zero3"))]
+            f"{stage} {', '.join(f'{x:.0f}' for x in r[stage]['peak_rss_mb'])} MB" for stage in ("none", "zero3")),
+            f"  training steps only (largest rank): none {r['none']['training_peak_rss_mb']:.0f} MB, zero3 "
+            f"{r['zero3']['training_peak_rss_mb']:.0f} MB (ratio {r['training_rss_ratio']:.2f}); imports alone "
+            f"{r['import_rss_mb']:.0f} MB; above the imports: ratio {r['above_imports_ratio']:.2f}"]
     lines += ["", f"  dpo_step_ratio {fmt(result['dpo_step_ratio'])} (target >= 1.3)   sweep_cost_ratio "
               f"{fmt(result['sweep_cost_ratio'])} (<= 0.65)   mfu {fmt(result['mfu'])} (>= 0.4)   zero3_rss_ratio "
               f"{fmt(result['zero3_rss_ratio'])} (<= 0.7)   [{result['wall_s']:.0f} s]"]

@@ -16,7 +16,8 @@ def output_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zero3_run(output_root):
-    return read_results(run_train(*FAST, "deepspeed=zero3", output_root=output_root, nproc=2))
+    # reference=model (not the default, precomputed): this run checks that ZeRO-3 partitions the reference too.
+    return read_results(run_train(*FAST, "deepspeed=zero3", "dpo.reference=model", output_root=output_root, nproc=2))
 
 
 def total_params(path) -> int:

@@ -169,14 +169,16 @@ def test_changed_truncation_is_not_served_from_the_cache(runs):
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_two_processes_compute_the_cache_distributed_and_agree_with_one(runs, tmp_path):
+@pytest.mark.parametrize("deepspeed", ["zero3", "none"])
+def test_two_processes_compute_the_cache_distributed_and_agree_with_one(runs, tmp_path, deepspeed):
     """Each rank computes half the batches; TRL gathers them and the main process writes the file.
     The same key (world size is not part of it) must hold the same numbers, within fp32 noise (1e-5).
-    ZeRO-3: the precompute then runs through a DeepSpeed inference engine over the partitioned policy."""
+    zero3: the pass runs through a DeepSpeed inference engine over the partitioned policy; none: plain
+    processes over gloo, where accelerate's own gather is a no-op (train/reference_cache.py)."""
     from datasets import Dataset
 
     root, _, cold, _ = runs
-    proc = run_train(*FAST, "dpo.reference=precomputed", "deepspeed=zero3", output_root=tmp_path, nproc=2)
+    proc = run_train(*FAST, "dpo.reference=precomputed", f"deepspeed={deepspeed}", output_root=tmp_path, nproc=2)
     assert "reference log-probs: computed train (" in proc.stdout and "on 2 process(es)" in proc.stdout
     one = {p.name: Dataset.from_file(str(p)) for p in (root / "ref_cache").glob("*.arrow")}
     two = {p.name: Dataset.from_file(str(p)) for p in (tmp_path / "ref_cache").glob("*.arrow")}

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -202,10 +203,13 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
     # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
     # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
     trainer._precompute_model_hash = key
+    # This rank's own fingerprint too: where accelerate's broadcast is a no-op (_working_collectives), TRL uses it.
+    ours = {trl_fingerprint, Hasher.hash((dataset._fingerprint, key))}
     default_path = dataset._get_cache_file_path
-    dataset._get_cache_file_path = lambda fp: str(arrow) if fp == trl_fingerprint else default_path(fp)
+    dataset._get_cache_file_path = lambda fp: str(arrow) if fp in ours else default_path(fp)
     try:
-        out = compute(dataset, name, batch_size)
+        with _working_collectives(accelerator):
+            out = compute(dataset, name, batch_size)
     finally:
         del dataset._get_cache_file_path
     if main:
@@ -215,6 +219,39 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
               f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
     _barrier()
     return out
+
+
+@contextmanager
+def _working_collectives(accelerator):
+    """Workaround for CPU runs without DeepSpeed: train/distributed.py builds accelerate's state with
+    PartialState(backend="gloo") and no cpu=True, so the state says DistributedType.NO while torch.distributed
+    has N ranks. accelerate then still shards TRL's dataloader, but its gather and barrier do nothing, and
+    the reference pass would keep only this rank's share. Real ones for the duration of the pass. (Building
+    the state with cpu=True, i.e. MULTI_CPU, fixes it at the root, and gives DDP back its gradient all-reduce.)"""
+    from accelerate.utils import DistributedType
+
+    if not (_distributed() and accelerator.distributed_type == DistributedType.NO):
+        yield
+        return
+    accelerator.gather_for_metrics, accelerator.wait_for_everyone = _all_gather, _barrier
+    try:
+        yield
+    finally:
+        del accelerator.gather_for_metrics, accelerator.wait_for_everyone  # back to the class's methods
+
+
+def _all_gather(tensors):
+    """Rank-ordered concatenation, like accelerate's gather. Rows accelerate repeats to even out the last
+    batch land at the end, past len(dataset), where TRL's indexing never reads."""
+    import torch
+    import torch.distributed as dist
+
+    gathered = []
+    for tensor in tensors:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, tensor.cpu())
+        gathered.append(torch.cat(parts))
+    return tuple(gathered)
 
 
 # torch.distributed directly, not accelerate: on CPU without DeepSpeed accelerate's state is
