@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,8 @@ def dpo_steps(sizes: dict, root: Path) -> dict:
     from train.throughput import measure_matmul_peak
 
     cfg, model_path, tokenizer, data = load_inputs(sizes, root)
+    # Cold cache: the first project trainer runs the reference pass, whose cost is reported below.
+    shutil.rmtree(root / "ref_cache", ignore_errors=True)
     peaks = [measure_matmul_peak(size=n) for n in (512, 1024, 2048)]
     batch, steps = sizes["batch"], sizes["steps"] + sizes["warmup"]
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -177,12 +180,20 @@ def dpo_steps(sizes: dict, root: Path) -> dict:
         }, sizes, peaks)
     peak = with_peak(sides, peaks)
     ratios = [p["pairs_per_s"] / t["pairs_per_s"] for t, p in zip(sides["trl_default"], sides["project"])]
+    project, trl = (statistics.median(r["pairs_per_s"] for r in sides[k]) for k in ("project", "trl_default"))
+    # The reference pass over the training pairs, as the cache recorded it (0 with reference=model).
+    passes = [json.loads(p.read_text()) for p in (root / "ref_cache").glob("*.json") if not p.name.startswith("weights-")]
+    reference_pass_s = max((m["compute_s"] for m in passes), default=0.0)
+    pairs = len(data.train_pairs)
     return {
         "peak_flops": peak,
         "sides": sides,
         "paired_ratios": ratios,
-        "dpo_step_ratio": statistics.median(p["pairs_per_s"] for p in sides["project"])
-        / statistics.median(t["pairs_per_s"] for t in sides["trl_default"]),
+        "dpo_step_ratio": project / trl,
+        # One epoch of a single run with a cold cache: the reference pass paid in full, not shared by a sweep.
+        "reference_pass_s": reference_pass_s,
+        "train_pairs": pairs,
+        "single_run_epoch_ratio": (pairs / trl) / (pairs / project + reference_pass_s),
         "mfu": statistics.median(p["mfu"] for p in sides["project"]),
         "model_parameters": count_parameters_from_config(model_path, False),
         "project_settings": {"reference": cfg.dpo.reference, **{k: cfg.dpo.args.get(k) for k in ("gradient_checkpointing", "max_length")}},
