@@ -17,7 +17,8 @@ The key covers, explicitly:
   settings   max_length, truncation_mode, pad_to_multiple_of, padding_free, ld_alpha, pad token id,
              chat template, TRL version
 A file is used only if its metadata (written last, after the log-probs) repeats every part of the
-key and the row count; anything else is recomputed and overwritten.
+key and the row count; anything else is recomputed and replaced (written under a run's own name, then
+renamed over the entry, so concurrent jobs of a sweep never see a partial file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -152,10 +154,6 @@ class ReferenceLogpsCache:
             return None
         return arrow
 
-    def discard(self, key: str) -> None:
-        for path in (self.meta_path(key), self.arrow_path(key)):
-            path.unlink(missing_ok=True)
-
     def commit(self, key: str, parts: dict, seconds: float) -> None:
         record = {"key": key, "parts": parts, "rows": parts["data"]["rows"], "compute_s": round(seconds, 3),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -189,36 +187,36 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         # TRL broadcasts the main process's fingerprint too (dataset fingerprints differ between ranks:
         # TRL's length filter hashes the rank-specific DPOConfig), so the redirect below must match it.
         trl_fingerprint = Hasher.hash((dataset._fingerprint, key))
-        decision = (key, parts, cache.lookup(key, parts) is not None, trl_fingerprint)
-    key, parts, hit, trl_fingerprint = _broadcast(decision)
+        decision = (key, parts, cache.lookup(key, parts) is not None, trl_fingerprint, uuid.uuid4().hex[:8])
+    key, parts, hit, trl_fingerprint, token = _broadcast(decision)
     arrow = cache.arrow_path(key)
-    if hit:
+    if not hit:
+        # Written under a name of this run's own, then renamed over the entry: jobs of a sweep that miss
+        # together never delete or half-read each other's file (a renamed-over file stays valid for readers).
+        work = directory / f"{key}.{token}.arrow"
+        start = time.perf_counter()
+        # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
+        # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
+        trainer._precompute_model_hash = key
+        # This rank's own fingerprint too: where accelerate's broadcast is a no-op (_working_collectives), TRL uses it.
+        ours = {trl_fingerprint, Hasher.hash((dataset._fingerprint, key))}
+        default_path = dataset._get_cache_file_path
+        dataset._get_cache_file_path = lambda fp: str(work) if fp in ours else default_path(fp)
+        try:
+            with _working_collectives(accelerator):
+                compute(dataset, name, batch_size)
+        finally:
+            del dataset._get_cache_file_path
         if main:
-            print(f"reference log-probs: reusing {arrow} ({name}, {len(dataset)} pairs)", flush=True)
-        return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
-    if main:
-        cache.discard(key)  # a stale or partial file must not be picked up by TRL's exists() check
-    _barrier()
-    start = time.perf_counter()
-    # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
-    # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
-    trainer._precompute_model_hash = key
-    # This rank's own fingerprint too: where accelerate's broadcast is a no-op (_working_collectives), TRL uses it.
-    ours = {trl_fingerprint, Hasher.hash((dataset._fingerprint, key))}
-    default_path = dataset._get_cache_file_path
-    dataset._get_cache_file_path = lambda fp: str(arrow) if fp in ours else default_path(fp)
-    try:
-        with _working_collectives(accelerator):
-            out = compute(dataset, name, batch_size)
-    finally:
-        del dataset._get_cache_file_path
-    if main:
-        seconds = time.perf_counter() - start
-        cache.commit(key, parts, seconds)
-        print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {_world_size()} "
-              f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
-    _barrier()
-    return out
+            seconds = time.perf_counter() - start
+            os.replace(work, arrow)
+            cache.commit(key, parts, seconds)  # last: the entry counts from here on
+            print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {_world_size()} "
+                  f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
+        _barrier()
+    elif main:
+        print(f"reference log-probs: reusing {arrow} ({name}, {len(dataset)} pairs)", flush=True)
+    return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
 
 
 @contextmanager
