@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def sweep_cost(sizes: dict, root: Path, model: list[str], data) -> dict:
     rounds = []
     for r in range(sizes["sweep_rounds"]):
         base = root / "sweep" / f"round{r}"
+        shutil.rmtree(base, ignore_errors=True)  # nothing reused from an earlier benchmark: SFT and reference from scratch
         sides = {}
         for side in (["project", "trl_default"] if r % 2 == 0 else ["trl_default", "project"]):
             if side == "project":
@@ -95,6 +97,7 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
     accelerate = str(Path(sys.executable).parent / "accelerate")
     figures = {}
     for stage in stages:
+        shutil.rmtree(root / "rss" / stage, ignore_errors=True)  # a fresh run: reference pass included
         cmd = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
                "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "train",
                f"output_root={root / 'rss' / stage}", f"hydra.run.dir={root / 'rss' / stage / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
@@ -121,8 +124,8 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
 
 def import_rss_mb() -> float:
     """RSS of a process that has only imported what a DPO run imports: the floor under every rank."""
-    code = ("import resource, deepspeed, trl, train.pipeline, train.trainer; from trl import DPOTrainer; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = ("import deepspeed, trl, train.pipeline, train.trainer; from trl import DPOTrainer; "
+            "from train.throughput import peak_rss_mb; print(peak_rss_mb())")
     runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
             for _ in range(2)]  # the lower of two: a first import may also compile bytecode
     return min(float(proc.stdout.strip().splitlines()[-1]) for proc in runs)
@@ -137,11 +140,13 @@ def format_rows(result: dict) -> str:
         s = d["steps"]
         lines += [f"DPO steps: {s['model_parameters'] / 1e6:.1f}M-parameter Llama, batch {s['sides']['project'][0]['pairs_per_step']} "
                   f"pairs, {result['rounds']['dpo_steps']} alternating round(s), peak fp32 matmul {s['peak_flops'] / 1e9:.0f} GFLOP/s",
-                  f"  {'side':<12} {'pairs/s':>8} {'tokens/s':>9} {'step s':>7} {'MFU':>6} {'padding':>8} {'construct s':>12}"]
+                  f"  {'side':<12} {'pairs/s':>8} {'tokens/s':>9} {'step s':>7} {'MFU':>6} {'MFU*':>6} {'padding':>8} {'construct s':>12}"]
         for side, runs in s["sides"].items():
             for i, r in enumerate(runs):
                 lines.append(f"  {side if i == 0 else '':<12} {r['pairs_per_s']:8.2f} {r['tokens_per_s']:9.0f} "
-                             f"{r['step_s']:7.2f} {r['mfu']:6.3f} {r['padding_fraction']:8.1%} {r['construct_s']:12.1f}")
+                             f"{r['step_s']:7.2f} {r.get('mfu_local', r['mfu']):6.3f} {r['mfu']:6.3f} "
+                             f"{r['padding_fraction']:8.1%} {r['construct_s']:12.1f}")
+        lines.append(f"  MFU: against the peak measured next to the side; MFU*: against the run's best peak")
         lines.append(f"  paired ratios {', '.join(f'{x:.2f}' for x in s['paired_ratios'])}; project: {s['project_settings']}")
         lines.append(f"  reference pass over the {s['train_pairs']} training pairs: "
                      f"{s['reference_pass_s']:.1f} s once; one epoch of a single run, pass included: "

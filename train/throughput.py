@@ -76,7 +76,18 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over
+    exec from the forked parent, so a process started by a big one (a benchmark, a launcher) would report
+    the parent's RSS."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def sequence_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
