@@ -5,6 +5,7 @@
     python launch/bench.py --only steps    # one part: steps, sweep or rss
     python launch/bench.py --ablate        # also: each project default against its alternative, alternated
     python launch/bench.py --profile       # also: torch.profiler over the project's DPO step (where time goes)
+    python launch/bench.py --rss-scale     # also: the ZeRO-3 RSS comparison on a ~155M-parameter model
 
 Prints a table, then as its LAST line one JSON object (issue 7):
   dpo_step_ratio    pairs/s of the project's DPO training / pairs/s of trl.DPOTrainer with TRL's defaults
@@ -43,17 +44,22 @@ MODEL_20M = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers":
 FULL = {"model": MODEL_20M, "pairs": 512, "sft_rows": 512, "batch": 32, "steps": 8, "warmup": 2, "rounds": 5,
         "sweep_pairs": 256, "sweep_rows": 256, "sweep_rounds": 3, "betas": [0.05, 0.1, 0.2, 0.5],
         "rss_steps": 12, "rss_batch": 8}
+# ~155M parameters (12 layers of width 1024, MLP 2816): `--rss-scale` repeats the RSS comparison where the
+# model's states, not the ~550 MB that the imports alone hold per process, make most of a rank's memory.
+MODEL_150M = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12, "num_attention_heads": 16}
+RSS_SCALE = {"model": MODEL_150M, "pairs": 64, "sft_rows": 16, "rss_steps": 4, "rss_batch": 8}
 QUICK = {"model": None, "pairs": 96, "sft_rows": 64, "batch": 16, "steps": 4, "warmup": 1, "rounds": 1,
          "sweep_pairs": 64, "sweep_rows": 64, "sweep_rounds": 1, "betas": [0.1, 0.5],
          "rss_steps": 2, "rss_batch": 8}
 
 
 def model_overrides(sizes: dict, root: Path) -> list[str]:
-    """Hydra overrides for the benchmark model: the tiny spec widened to ~20M, built once under `root`."""
+    """Hydra overrides for the benchmark model: the tiny spec widened to ~20M (or ~150M), built once under `root`."""
     if sizes["model"] is None:
         return [f"model.name_or_path={root / 'models' / 'tiny'}"]
     spec = [f"model.tiny.{k}={v}" for k, v in sizes["model"].items()]
-    return [*spec, f"model.name_or_path={root / 'models' / 'llama-20m'}"]
+    name = "llama-150m" if sizes["model"] == MODEL_150M else "llama-20m"
+    return [*spec, f"model.name_or_path={root / 'models' / name}"]
 
 
 def data_overrides(pairs: int, rows: int) -> list[str]:
@@ -316,7 +322,9 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform()}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform(),
+            # RSS depends on the allocator: glibc's malloc keeps freed memory that jemalloc returns (README, Throughput).
+            "malloc": os.environ.get("LD_PRELOAD") or "glibc"}
 
 
 def versions() -> dict:
@@ -347,9 +355,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 3, quick 1)")
-    parser.add_argument("--only", choices=("steps", "sweep", "rss", "ablate", "profile"), action="append", help="run only these parts")
+    parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile"), action="append", help="run only these parts")
     parser.add_argument("--ablate", action="store_true", help="also measure each project default against its alternative")
     parser.add_argument("--profile", action="store_true", help="also profile the project's DPO step (torch.profiler)")
+    parser.add_argument("--rss-scale", action="store_true", help="also compare RSS per rank, zero3 vs none, at ~155M parameters")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench", help="work directory (models, runs)")
     opts = parser.parse_args(argv)
     sizes = dict(QUICK if opts.quick else FULL)
@@ -357,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes["rounds"] = opts.rounds
     parts = set(opts.only or ("steps", "sweep", "rss")) | ({"ablate"} if opts.ablate else set())
     parts |= {"profile"} if opts.profile else set()
+    parts |= {"rss_scale"} if opts.rss_scale else set()
     root = (opts.out / ("quick" if opts.quick else "full")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -377,6 +387,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "rss" in parts:
         details["rss"] = rss_ratio(sizes, root, model_overrides(sizes, root), data_overrides)
         result["zero3_rss_ratio"] = details["rss"]["zero3_rss_ratio"]
+    if "rss_scale" in parts:
+        scale = {**sizes, **RSS_SCALE}
+        details["rss_scale"] = rss_ratio(scale, root, model_overrides(scale, root), data_overrides, name="rss_scale")
+        details["rss_scale"]["model_parameters"] = details["rss_scale"]["none"]["policy_params_local"][0]
+        result["zero3_rss_ratio_155m"] = details["rss_scale"]["zero3_rss_ratio"]
     result.update(
         mode="quick" if opts.quick else "full",
         machine=machine(),

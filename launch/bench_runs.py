@@ -91,20 +91,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "zero3"), extra: tuple = ()) -> dict:
+def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "zero3"), extra: tuple = (),
+              name: str = "rss") -> dict:
     """Peak RSS per rank of a 2-process DPO run (SFT off, the base model as policy and reference)."""
     prebuild_model(root, model, data)
     accelerate = str(Path(sys.executable).parent / "accelerate")
     figures = {}
     for stage in stages:
-        shutil.rmtree(root / "rss" / stage, ignore_errors=True)  # a fresh run: reference pass included
+        work = root / name / stage
+        shutil.rmtree(work, ignore_errors=True)  # a fresh run: reference pass included
         cmd = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
                "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "train",
-               f"output_root={root / 'rss' / stage}", f"hydra.run.dir={root / 'rss' / stage / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
+               f"output_root={work}", f"hydra.run.dir={work / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
                "sft.enabled=false", f"deepspeed={stage}", f"+dpo.args.max_steps={sizes['rss_steps']}",
                f"dpo.args.per_device_train_batch_size={sizes['rss_batch']}", "checkpoint.every_steps=0",
                "dpo.args.logging_steps=1", *extra]
-        _, proc = run(cmd, root / "logs" / f"rss-{stage}.log")
+        _, proc = run(cmd, root / "logs" / f"{name}-{stage}.log")
         results = results_of(proc)[0]
         ranks = results["distributed"]["ranks"]
         figures[stage] = {
@@ -113,7 +115,7 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
             "training_peak_rss_mb": results["dpo"]["history"][-1]["throughput/peak_memory_mb"],
             "policy_params_local": [r["policy_params_local"] for r in ranks],
         }
-        print(f"bench: rss {stage}: {figures[stage]['peak_rss_mb']} MB", flush=True)
+        print(f"bench: {name} {stage}: {figures[stage]['peak_rss_mb']} MB", flush=True)
     mean = {s: sum(f["peak_rss_mb"]) / len(f["peak_rss_mb"]) for s, f in figures.items()}
     base = import_rss_mb()
     training = {s: f["training_peak_rss_mb"] for s, f in figures.items()}
@@ -135,7 +137,7 @@ def format_rows(result: dict) -> str:
     d = result["details"]
     lines = [f"bench ({result['mode']}): {result['machine']['cpu']}, {result['machine']['cores']} cores, "
              f"torch threads {result['threads']['torch_threads']}, trl {result['versions']['trl']}, "
-             f"torch {result['versions']['torch']}", ""]
+             f"torch {result['versions']['torch']}, malloc {Path(result['machine']['malloc']).name}", ""]
     if "steps" in d:
         s = d["steps"]
         lines += [f"DPO steps: {s['model_parameters'] / 1e6:.1f}M-parameter Llama, batch {s['sides']['project'][0]['pairs_per_step']} "
@@ -170,16 +172,21 @@ def format_rows(result: dict) -> str:
             lines.append(f"  round {i + 1}: project {rnd['project']['wall_s']:.1f} (sft {rnd['project']['sft_s']:.1f}, dpo "
                          f"{rnd['project']['dpo_s']:.1f}); trl defaults {rnd['trl_default']['wall_s']:.1f} (sft "
                          f"{rnd['trl_default']['sft_s']:.1f}, dpo {rnd['trl_default']['dpo_s']:.1f})")
-    if "rss" in d:
-        r = d["rss"]
-        lines += ["", "Peak RSS per rank, 2 processes: " + "; ".join(
+    for key in ("rss", "rss_scale"):
+        if key not in d:
+            continue
+        r = d[key]
+        size = f" at {r['model_parameters'] / 1e6:.0f}M parameters" if "model_parameters" in r else ""
+        lines += ["", f"Peak RSS per rank, 2 processes{size}: " + "; ".join(
             f"{stage} {', '.join(f'{x:.0f}' for x in r[stage]['peak_rss_mb'])} MB" for stage in ("none", "zero3")),
             f"  training steps only (largest rank): none {r['none']['training_peak_rss_mb']:.0f} MB, zero3 "
             f"{r['zero3']['training_peak_rss_mb']:.0f} MB (ratio {r['training_rss_ratio']:.2f}); imports alone "
             f"{r['import_rss_mb']:.0f} MB; above the imports: ratio {r['above_imports_ratio']:.2f}"]
     lines += ["", f"  dpo_step_ratio {fmt(result['dpo_step_ratio'])} (target >= 1.3)   sweep_cost_ratio "
               f"{fmt(result['sweep_cost_ratio'])} (<= 0.65)   mfu {fmt(result['mfu'])} (>= 0.4)   zero3_rss_ratio "
-              f"{fmt(result['zero3_rss_ratio'])} (<= 0.7)   [{result['wall_s']:.0f} s]"]
+              f"{fmt(result['zero3_rss_ratio'])} (<= 0.7)"
+              + (f"   zero3_rss_ratio_155m {fmt(result['zero3_rss_ratio_155m'])}" if "zero3_rss_ratio_155m" in result else "")
+              + f"   [{result['wall_s']:.0f} s]"]
     return "\n".join(lines)
 
 
