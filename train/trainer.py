@@ -22,6 +22,15 @@ def dpo_trainer_class(cfg: DictConfig):
     class ProjectDPOTrainer(DPOTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            # Under ZeRO-3 TRL 1.16 runs the reference pass through a DeepSpeed inference engine around the
+            # policy and keeps it, so its parameter hooks would fire next to the training engine's in every
+            # step. The reference log-probs of the train and eval sets are in place by now: release it
+            # (19.3M Llama, 2 ranks, 12 steps, 3 alternating runs: training 19.5 s vs 22.0 s, peak RSS ~70 MB
+            # lower per rank, same losses).
+            engine = getattr(self, "_precompute_engine", None)
+            if engine is not None:
+                engine.destroy()
+                self._precompute_engine = None
             self.bad_steps_total, self.bad_steps_in_a_row, self._skip_backward = 0, 0, False
             # A NaN/inf loss must not reach the weights. transformers offers no hook between the loss and
             # backward, so backward is wrapped: skipping it leaves no gradients, the optimizer then
