@@ -10,8 +10,8 @@
 Prints a table, then as its LAST line one JSON object (issue 7):
   dpo_step_ratio    pairs/s of the project's DPO training / pairs/s of trl.DPOTrainer with TRL's defaults
                     (bf16 off: CPU), same model, data and batch, in this process, sides alternated,
-                    ratio of the medians over 5 rounds (3 in --rounds 3). Training steps only: trainer construction (and with it the
-                    reference pass on a cache miss) is reported apart, as `construct_s`.
+                    ratio of the medians over 5 rounds (`--rounds N`). Training steps only: trainer construction
+                    (and with it the reference pass on a cache miss) is reported apart, as `construct_s`.
   sweep_cost_ratio  wall time of a 4-beta sweep through the project (`python -m train -m beta.value=...`:
                     SFT once, reference once) / 4 independent runs of the same pipeline with TRL's
                     default trainer settings, each in its own output root (its own SFT and reference).
@@ -41,25 +41,24 @@ sys.path.insert(0, str(REPO))
 
 # ~19.3M parameters (Llama: 6 layers of width 512, MLP 1376, 8 heads, vocabulary 1024).
 MODEL_20M = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 8}
-FULL = {"model": MODEL_20M, "pairs": 512, "sft_rows": 512, "batch": 32, "steps": 8, "warmup": 2, "rounds": 5,
+FULL = {"model": MODEL_20M, "model_dir": "llama-20m", "pairs": 512, "sft_rows": 512, "batch": 32, "steps": 8, "warmup": 2, "rounds": 5,
         "sweep_pairs": 256, "sweep_rows": 256, "sweep_rounds": 3, "betas": [0.05, 0.1, 0.2, 0.5],
         "rss_steps": 12, "rss_batch": 8}
 # ~155M parameters (12 layers of width 1024, MLP 2816): `--rss-scale` repeats the RSS comparison where the
 # model's states, not the ~550 MB that the imports alone hold per process, make most of a rank's memory.
-MODEL_150M = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12, "num_attention_heads": 16}
-RSS_SCALE = {"model": MODEL_150M, "pairs": 64, "sft_rows": 16, "rss_steps": 4, "rss_batch": 8}
+MODEL_155M = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12, "num_attention_heads": 16}
+RSS_SCALE = {"model": MODEL_155M, "model_dir": "llama-155m", "pairs": 64, "sft_rows": 16, "rss_steps": 4, "rss_batch": 8}
 QUICK = {"model": None, "pairs": 96, "sft_rows": 64, "batch": 16, "steps": 4, "warmup": 1, "rounds": 1,
          "sweep_pairs": 64, "sweep_rows": 64, "sweep_rounds": 1, "betas": [0.1, 0.5],
          "rss_steps": 2, "rss_batch": 8}
 
 
 def model_overrides(sizes: dict, root: Path) -> list[str]:
-    """Hydra overrides for the benchmark model: the tiny spec widened to ~20M (or ~150M), built once under `root`."""
+    """Hydra overrides for the benchmark model: the tiny spec widened to ~20M (or ~155M), built once under `root`."""
     if sizes["model"] is None:
         return [f"model.name_or_path={root / 'models' / 'tiny'}"]
     spec = [f"model.tiny.{k}={v}" for k, v in sizes["model"].items()]
-    name = "llama-150m" if sizes["model"] == MODEL_150M else "llama-20m"
-    return [*spec, f"model.name_or_path={root / 'models' / name}"]
+    return [*spec, f"model.name_or_path={root / 'models' / sizes['model_dir']}"]
 
 
 def data_overrides(pairs: int, rows: int) -> list[str]:
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
-    parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 3, quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 5, quick 1)")
     parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile"), action="append", help="run only these parts")
     parser.add_argument("--ablate", action="store_true", help="also measure each project default against its alternative")
     parser.add_argument("--profile", action="store_true", help="also profile the project's DPO step (torch.profiler)")
@@ -390,7 +389,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "rss_scale" in parts:
         scale = {**sizes, **RSS_SCALE}
         details["rss_scale"] = rss_ratio(scale, root, model_overrides(scale, root), data_overrides, name="rss_scale")
-        details["rss_scale"]["model_parameters"] = details["rss_scale"]["none"]["policy_params_local"][0]
         result["zero3_rss_ratio_155m"] = details["rss_scale"]["zero3_rss_ratio"]
     result.update(
         mode="quick" if opts.quick else "full",

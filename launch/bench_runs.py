@@ -119,7 +119,7 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
     mean = {s: sum(f["peak_rss_mb"]) / len(f["peak_rss_mb"]) for s, f in figures.items()}
     base = import_rss_mb()
     training = {s: f["training_peak_rss_mb"] for s, f in figures.items()}
-    return {**figures, "import_rss_mb": base, "zero3_rss_ratio": mean["zero3"] / mean["none"],
+    return {**figures, "import_rss_mb": base, "model_parameters": figures["none"]["policy_params_local"][0], "zero3_rss_ratio": mean["zero3"] / mean["none"],
             "training_rss_ratio": training["zero3"] / training["none"],
             "above_imports_ratio": (training["zero3"] - base) / (training["none"] - base)}
 
@@ -176,8 +176,7 @@ def format_rows(result: dict) -> str:
         if key not in d:
             continue
         r = d[key]
-        size = f" at {r['model_parameters'] / 1e6:.0f}M parameters" if "model_parameters" in r else ""
-        lines += ["", f"Peak RSS per rank, 2 processes{size}: " + "; ".join(
+        lines += ["", f"Peak RSS per rank, 2 processes, {r['model_parameters'] / 1e6:.1f}M parameters: " + "; ".join(
             f"{stage} {', '.join(f'{x:.0f}' for x in r[stage]['peak_rss_mb'])} MB" for stage in ("none", "zero3")),
             f"  training steps only (largest rank): none {r['none']['training_peak_rss_mb']:.0f} MB, zero3 "
             f"{r['zero3']['training_peak_rss_mb']:.0f} MB (ratio {r['training_rss_ratio']:.2f}); imports alone "

@@ -28,7 +28,6 @@ import json
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,6 +162,7 @@ class ReferenceLogpsCache:
 def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_size: int, directory: Path):
     """TRL's `_precompute_ref_logps` (`compute`) behind the project's cache: returns `dataset` with the
     ref_chosen_logps / ref_rejected_logps columns, computed (distributed, by TRL) only on a miss."""
+    from accelerate.utils import broadcast_object_list
     from datasets import Dataset, concatenate_datasets
     from datasets.fingerprint import Hasher
 
@@ -174,7 +174,7 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         # one rank at a time, since ranks whose datasets share a fingerprint write the same file.
         if main:
             dataset = dataset.flatten_indices()
-        _barrier()
+        accelerator.wait_for_everyone()
         if not main:
             dataset = dataset.flatten_indices()
     # Decided on the main process and broadcast: every rank must take the same branch, since a miss
@@ -188,7 +188,7 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         # TRL's length filter hashes the rank-specific DPOConfig), so the redirect below must match it.
         trl_fingerprint = Hasher.hash((dataset._fingerprint, key))
         decision = (key, parts, cache.lookup(key, parts) is not None, trl_fingerprint, uuid.uuid4().hex[:8])
-    key, parts, hit, trl_fingerprint, token = _broadcast(decision)
+    key, parts, hit, trl_fingerprint, token = broadcast_object_list([decision])[0]
     arrow = cache.arrow_path(key)
     if not hit:
         # Written under a name of this run's own, then renamed over the entry: jobs of a sweep that miss
@@ -198,89 +198,22 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
         # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
         trainer._precompute_model_hash = key
-        # This rank's own fingerprint too: where accelerate's broadcast is a no-op (_working_collectives), TRL uses it.
-        ours = {trl_fingerprint, Hasher.hash((dataset._fingerprint, key))}
         default_path = dataset._get_cache_file_path
-        dataset._get_cache_file_path = lambda fp: str(work) if fp in ours else default_path(fp)
+        dataset._get_cache_file_path = lambda fp: str(work) if fp == trl_fingerprint else default_path(fp)
         try:
-            with _working_collectives(accelerator):
-                compute(dataset, name, batch_size)
+            compute(dataset, name, batch_size)
         finally:
             del dataset._get_cache_file_path
         if main:
             seconds = time.perf_counter() - start
             os.replace(work, arrow)
             cache.commit(key, parts, seconds)  # last: the entry counts from here on
-            print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {_world_size()} "
+            print(f"reference log-probs: computed {name} ({len(dataset)} pairs on {accelerator.num_processes} "
                   f"process(es)) in {seconds:.1f} s -> {arrow}", flush=True)
-        _barrier()
+        accelerator.wait_for_everyone()
     elif main:
         print(f"reference log-probs: reusing {arrow} ({name}, {len(dataset)} pairs)", flush=True)
     return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
-
-
-@contextmanager
-def _working_collectives(accelerator):
-    """Workaround for CPU runs without DeepSpeed: train/distributed.py builds accelerate's state with
-    PartialState(backend="gloo") and no cpu=True, so the state says DistributedType.NO while torch.distributed
-    has N ranks. accelerate then still shards TRL's dataloader, but its gather and barrier do nothing, and
-    the reference pass would keep only this rank's share. Real ones for the duration of the pass. (Building
-    the state with cpu=True, i.e. MULTI_CPU, fixes it at the root, and gives DDP back its gradient all-reduce.)"""
-    from accelerate.utils import DistributedType
-
-    if not (_distributed() and accelerator.distributed_type == DistributedType.NO):
-        yield
-        return
-    accelerator.gather_for_metrics, accelerator.wait_for_everyone = _all_gather, _barrier
-    try:
-        yield
-    finally:
-        del accelerator.gather_for_metrics, accelerator.wait_for_everyone  # back to the class's methods
-
-
-def _all_gather(tensors):
-    """Rank-ordered concatenation, like accelerate's gather. Rows accelerate repeats to even out the last
-    batch land at the end, past len(dataset), where TRL's indexing never reads."""
-    import torch
-    import torch.distributed as dist
-
-    gathered = []
-    for tensor in tensors:
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, tensor.cpu())
-        gathered.append(torch.cat(parts))
-    return tuple(gathered)
-
-
-# torch.distributed directly, not accelerate: on CPU without DeepSpeed accelerate's state is
-# DistributedType.NO even with several ranks (see train/distributed.py), and its collectives are then no-ops.
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if _distributed():
-        dist.barrier()
-
-
-def _broadcast(obj):
-    import torch.distributed as dist
-
-    if not _distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _write_atomic(path: Path, text: str) -> None:
