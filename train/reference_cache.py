@@ -204,6 +204,9 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
             compute(dataset, name, batch_size)
         finally:
             del dataset._get_cache_file_path
+        # TRL ends the pass with a barrier and then every rank opens the file: the rename waits until all
+        # ranks have opened it (an open file survives the rename), or a slower rank finds it gone.
+        accelerator.wait_for_everyone()
         if main:
             seconds = time.perf_counter() - start
             os.replace(work, arrow)
