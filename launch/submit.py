@@ -16,19 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from train.config.compose import compose
+from train.core.cli import fail
+from train.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def sweep_dir(overrides: list[str]) -> Path:
-    from train.config import register_resolvers
-    from train.schema import register_configs
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+    try:
+        cfg = compose([o for o in overrides if not o.startswith("hydra")])
+    except ConfigError as err:
+        fail(str(err))
     return (REPO / cfg.output_root / "jobs" / cfg.experiment).resolve()
 
 

@@ -10,41 +10,33 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from launch.nodes import run_on_this_node, submitit_job_environment
-from train.config import ConfigError, register_resolvers, validate
-from train.schema import register_configs
+from train.config.compose import CONFIG_DIR, compose, register
+from train.core.cli import EXIT_STOPPED, fail
+from train.core.errors import ConfigError, Preempted, TrainingAborted
+from train.core.files import read_json
+from train.runtime.slurm import run_on_this_node, submitit_job_environment
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-register_resolvers()
-register_configs()
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+register()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from train.pipeline import Preempted, run
-    from train.trainer import TrainingAborted
+def hydra_main(cfg: DictConfig) -> dict | None:
+    from train.pipeline.run import run  # deferred: see main()
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     slurm_job = submitit_job_environment()
     if slurm_job is not None and slurm_job.num_nodes * cfg.nproc_per_node > 1:
+        # A submitit task of a multi-process job: start this node's processes, which re-enter here.
         run_on_this_node(slurm_job, list(hydra_cfg.overrides.task), run_dir, cfg.nproc_per_node)
-        results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else None
+        results = read_json(run_dir / "results.json")
         if slurm_job.global_rank == 0 and results is not None:
             print(f"results: {run_dir / 'results.json'}", flush=True)
         return results
@@ -54,55 +46,31 @@ def hydra_main(cfg: DictConfig) -> None:
         fail(str(err))
     except Preempted as stop:
         print(f"stopped: {stop}", flush=True)
-        # 75 (EX_TEMPFAIL): stopped early, rerun to resume; 0 once the scheduler has requeued the job.
-        sys.exit(0 if stop.requeued else 75)
+        # Rerun to resume; 0 once the scheduler has requeued the job.
+        sys.exit(0 if stop.requeued else EXIT_STOPPED)
     if not cfg.dry_run and (run_dir / "results.json").exists():
         print(f"results: {run_dir / 'results.json'}", flush=True)
     return results
 
 
 def precheck(argv: list[str]) -> None:
-    """Compose and validate once before Hydra does: its multi-line composition errors become one line,
+    """Compose and check once before Hydra does: its multi-line composition errors become one line,
     and a bad config fails before Hydra creates the run directory."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from train.pipeline.checks import check_config  # deferred: see main()
 
     if any(a.startswith("-") for a in argv):  # --cfg, -m, --help ...: leave those to Hydra
         return
-    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra"))]
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        fail(one_line(err))
-    try:
-        validate(cfg)
+        check_config(compose([a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra"))]))
     except ConfigError as err:
         fail(str(err))
 
 
-def one_line(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    if "Could not find" in text and "Available options" in text:
-        head, options = text.split("Available options in", 1)
-        return f"{head.replace('In ' + repr('config') + ': ', '').strip()}; available options in{options}"
-    return text
-
-
-def quiet_libraries() -> None:
-    """Progress bars of every map() and weight load drown the training log; the trainer's own bar stays."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-
-
 def main() -> None:
+    # The pipeline's imports (torch, transformers, TRL, DeepSpeed: seconds) are deferred to the functions
+    # that need them, so `--help` and `--cfg job` answer at once.
+    from train.runtime.console import quiet_libraries
+
     quiet_libraries()
     precheck(sys.argv[1:])
     hydra_main()

@@ -17,6 +17,17 @@ import shutil
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from train.config.compose import compose
+from train.core.cli import fail
+from train.core.errors import ConfigError
+from train.data import prepare
+from train.data.validation import format_report, threshold_message
+from train.models.loading import ensure_base_model, load_tokenizer
+from train.pipeline.checks import check_config
+from train.runtime.console import quiet_libraries
+
 USAGE = "usage: python -m train.prepare data=<name> [data.source=<path>] [<override> ...] out=<file.jsonl>"
 
 
@@ -29,38 +40,22 @@ def split_out(argv: list[str]) -> tuple[Path, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from train.config import ConfigError, validate
-    from train.main import CONFIG_DIR, fail, one_line, quiet_libraries
-
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
     out, overrides = split_out(argv)
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        fail(one_line(err))
     quiet_libraries()
     try:
-        validate(cfg)
+        cfg = compose(overrides)
+        check_config(cfg)
         write_pairs(cfg, out)
     except ConfigError as err:
         fail(str(err))
     return 0
 
 
-def write_pairs(cfg, out: Path) -> None:
-    from train.config import ConfigError
-    from train.data import prepare
-    from train.data.validation import format_report, threshold_message
-    from train.models import ensure_base_model, load_tokenizer
-
+def write_pairs(cfg: DictConfig, out: Path) -> None:
     tokenizer = load_tokenizer(cfg, ensure_base_model(cfg))
     files, report = prepare(cfg, tokenizer)
     print(format_report(report), flush=True)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional
 
 from omegaconf import DictConfig
 
-from train.config import ConfigError
+from train.core.errors import ConfigError
 from train.data.rows import present, prompt_key
 from train.data.sources import Source
 from train.data.validation import DropReason, Tally, check_pair, check_text, drop_fraction, length_outcomes, token_ids

@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import datasets
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import ConfigError
+from train.core.errors import ConfigError
+from train.core.paths import looks_like_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
@@ -34,7 +36,7 @@ def split_name(path: Path) -> str:
 
 
 def looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or source.count("/") != 1 or file_format(source) is not None
+    return looks_like_local_path(source) or file_format(source) is not None
 
 
 def local_files(source: str) -> dict[str, list[str]]:
@@ -59,8 +61,6 @@ def local_files(source: str) -> dict[str, list[str]]:
 
 def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F821
     """split name -> native rows (a datasets.Dataset), each capped at data.max_rows."""
-    import datasets
-
     if OmegaConf.is_missing(data, "source") or data.source is None:
         raise ConfigError(f"data.source is required by data={data.name}: give a hub id, a file or a directory")
     source = str(data.source)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import ConfigError
+from train.core.errors import ConfigError
 from train.data import chat, converters
 from train.data.ranking import STRATEGIES
 

@@ -16,6 +16,9 @@ import time
 
 from transformers import TrainerCallback
 
+from train.runtime import faults
+from train.runtime.distributed import any_rank_flagged
+
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
@@ -39,8 +42,6 @@ class PreemptionCallback(TrainerCallback):
             print(f"preemption: got {signal.Signals(signum).name}; saving at the next step boundary", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        from train import faults
-
         faults.maybe_die("die", state.global_step)
         faults.maybe_signal(state.global_step)
         if any_rank_flagged(self.flag_time is not None):
@@ -48,17 +49,6 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-def any_rank_flagged(flag: bool) -> bool:
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
 
 
 def requeue(callback: PreemptionCallback) -> str:

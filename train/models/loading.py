@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from train.core.errors import ConfigError
+from train.data import synthetic
+from train.models.tiny import build_tiny_model
 
 
 def ensure_base_model(cfg: DictConfig) -> str:
     """The base model's path or hub id; the embedded tiny model is built there first if needed."""
     if cfg.model.tiny is None:
         return cfg.model.name_or_path
-    from train.data import synthetic
-    from train.tiny import build_tiny_model
-
     spec = OmegaConf.to_container(cfg.model.tiny)
     # Built from its spec alone (fixed seed 0), like a downloaded model: changing the run's seed must
     # not rebuild the weights at the same path under runs that already use them.
@@ -21,16 +25,12 @@ def ensure_base_model(cfg: DictConfig) -> str:
 
 
 def load_tokenizer(cfg: DictConfig, path: str):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
     )
     if cfg.model.chat_template is not None:
         tokenizer.chat_template = cfg.model.chat_template
     if cfg.data.conversational and tokenizer.chat_template is None:
-        from train.config import ConfigError
-
         raise ConfigError(
             f"model {path} has no chat template but data.conversational=true: set model.chat_template or data.conversational=false"
         )
@@ -41,11 +41,7 @@ def load_tokenizer(cfg: DictConfig, path: str):
 
 def load_model(cfg: DictConfig, path: str):
     """A full model from `path`; a LoRA adapter directory is loaded onto its base and merged."""
-    from transformers import AutoModelForCausalLM
-
     if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
         return AutoPeftModelForCausalLM.from_pretrained(path, dtype=cfg.model.dtype).merge_and_unload()
     return AutoModelForCausalLM.from_pretrained(
         path,
@@ -57,3 +53,11 @@ def load_model(cfg: DictConfig, path: str):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters_from_config(model_path: str, trust_remote_code: bool) -> int:
+    """Parameters of a model from its config alone (built on the meta device: no memory, no weights)."""
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return count_parameters(model)

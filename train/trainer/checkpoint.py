@@ -17,9 +17,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from train.config import ConfigError
+from train.core.errors import ConfigError
+from train.core.files import is_complete, mark_complete
+from train.runtime import faults
 
-COMPLETE = "COMPLETE"
 SIGNATURE = "run_signature.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -56,8 +57,6 @@ class CompleteCheckpointCallback(TrainerCallback):
         self.keep, self.signature, self.deepspeed, self.accelerator = keep, signature, deepspeed, accelerator
 
     def on_save(self, args, state, control, **kwargs):
-        from train import faults
-
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.accelerator.wait_for_everyone()  # every rank has written its files
         faults.maybe_die("save", state.global_step)  # tests: a crash after the files, before the marker
@@ -66,8 +65,8 @@ class CompleteCheckpointCallback(TrainerCallback):
             if missing:
                 raise RuntimeError(f"checkpoint {checkpoint} is missing {', '.join(missing)}")
             (checkpoint / SIGNATURE).write_text(json.dumps(self.signature, indent=2))
-            (checkpoint / COMPLETE).write_text("")  # last: the checkpoint now counts
-            complete = [c for c in checkpoints(checkpoint.parent) if (c / COMPLETE).exists()]
+            mark_complete(checkpoint)  # last: the checkpoint now counts
+            complete = [c for c in checkpoints(checkpoint.parent) if is_complete(c)]
             for old in complete[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -78,9 +77,9 @@ def find_resume_checkpoint(directory: Path, signature: dict[str, Any], allow_cha
                            world_size: int, deepspeed: bool) -> Path | None:
     """Newest complete checkpoint, checked against this run; incomplete ones are reported and skipped."""
     candidates = checkpoints(directory)
-    complete = [c for c in candidates if (c / COMPLETE).exists()]
+    complete = [c for c in candidates if is_complete(c)]
     for c in candidates:
-        if not (c / COMPLETE).exists() and (not complete or c.name != complete[-1].name):
+        if not is_complete(c) and (not complete or c.name != complete[-1].name):
             print(f"resume: ignoring incomplete checkpoint {c}", flush=True)
     if not complete:
         return None

@@ -1,46 +1,42 @@
 """Process-group setup and per-rank figures for multi-process runs.
 
-Workaround (CPU only, see ../shared/FACTS.md): transformers' TrainingArguments resets accelerate's
-PartialState and, on a machine with no GPU, rebuilds it without a backend, so accelerate believes
-num_processes == 1 while torch.distributed has N ranks (DeepSpeed then fails with "train_batch_size is
-not equal to micro_batch_per_gpu * gradient_acc_step * world_size", gloo with "allgather: invalid output
-tensor list"). We build the PartialState ourselves with backend="gloo" first and tell TrainingArguments
-to keep it (accelerator_config.use_configured_state). On GPU machines this is a no-op: transformers'
-own setup (nccl) is right there.
+Workaround (CPU only): transformers' TrainingArguments resets accelerate's PartialState and, on a machine
+with no GPU, rebuilds it without a backend, so accelerate believes num_processes == 1 while
+torch.distributed has N ranks (DeepSpeed then fails with "train_batch_size is not equal to
+micro_batch_per_gpu * gradient_acc_step * world_size", gloo with "allgather: invalid output tensor list";
+seen with transformers 5.24, accelerate 1.15, DeepSpeed 0.19.8). We build the PartialState ourselves with
+backend="gloo" first and tell TrainingArguments to keep it (accelerator_config.use_configured_state). On
+GPU machines this is a no-op: transformers' own setup (nccl) is right there.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 from datetime import timedelta
 from typing import Any
 
+import psutil
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def num_machines() -> int:
-    # The launchers (accelerate/torchrun) export both; one process per machine when run plainly.
-    return max(world_size() // max(int(os.environ.get("LOCAL_WORLD_SIZE", world_size())), 1), 1)
+from train import seams
+from train.core.errors import ConfigError
+from train.core.ranks import world_size
+from train.models.loading import count_parameters_from_config
 
 
 def needs_cpu_gloo_workaround() -> bool:
-    import torch
-
     return world_size() > 1 and not torch.cuda.is_available()
 
 
 def setup_process_group(use_deepspeed: bool, timeout_s: int) -> dict[str, Any]:
-    """Start the process group if the workaround applies; returns extra TrainingArguments kwargs."""
+    """Start the process group if the workaround applies; returns the TrainingArguments kwargs that keep it
+    (the trainer-config builders' `extra`)."""
     if not needs_cpu_gloo_workaround():
         return {}
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-
     # Building any TrainingArguments (validation does) already created a backend-less state: start over.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    seams.reset_accelerate_state()
     timeout = timedelta(seconds=timeout_s)
     if use_deepspeed:
         # accelerate picks DistributedType.DEEPSPEED from this variable, as `accelerate launch --use_deepspeed` would.
@@ -63,19 +59,26 @@ def local_numel(model) -> int:
     return total
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def gather_rank_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's figures, on every rank (rank order)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return [figures]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, figures)
     return out
+
+
+def any_rank_flagged(flag: bool) -> bool:
+    """True on every rank if any rank passes True (all ranks must call it)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 # Host bytes per parameter with ZeRO-3 offload: fp32 weights (4) + fp32 gradients (4) + Adam's two
@@ -83,23 +86,8 @@ def gather_rank_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
 OFFLOAD_BYTES_PER_PARAM = 16
 
 
-def count_parameters_from_config(model_path: str, trust_remote_code: bool) -> int:
-    """Parameters of a model from its config alone (built on the meta device: no memory, no weights)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in model.parameters())
-
-
 def check_offload_memory(ds_config: dict | None, model_path: str, trust_remote_code: bool, num_machines: int) -> None:
     """Refuse CPU offload that cannot fit in this machine's memory, before any process trains."""
-    import psutil
-
-    from train.config import ConfigError
-
     zero = (ds_config or {}).get("zero_optimization", {})
     offloaded = any((zero.get(k) or {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
     if not offloaded:

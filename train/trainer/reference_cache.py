@@ -31,6 +31,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import pyarrow.compute as pc
+import trl
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset, concatenate_datasets
+from datasets.fingerprint import Hasher
+from huggingface_hub import snapshot_download
+
+from train import seams
+from train.core.files import atomic_write_text
+
 FORMAT = 1
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -43,9 +54,6 @@ def digest(parts: dict) -> str:
 
 def token_ids_fingerprint(dataset) -> str:
     """sha256 of the tokenized columns, row order included (the cached log-probs align by row)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     h = hashlib.sha256(str(len(dataset)).encode())
     table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")
     for batch in table.iter(batch_size=10_000):
@@ -75,7 +83,7 @@ def weights_fingerprint(model_dir: Path, memo_dir: Path) -> str:
             while block := f.read(1 << 24):
                 h.update(block)
     memo_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(memo, json.dumps({"stamp": stamp, "sha256": h.hexdigest()}))
+    atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": h.hexdigest()}))
     return h.hexdigest()
 
 
@@ -84,8 +92,6 @@ def local_model_dir(name_or_path: str, revision: str | None) -> Path | None:
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(name_or_path, revision=revision, local_files_only=True))
     except Exception:  # not in the local hub cache: the caller falls back to hashing the loaded module
         return None
@@ -93,19 +99,18 @@ def local_model_dir(name_or_path: str, revision: str | None) -> Path | None:
 
 def key_parts(trainer, dataset, memo_dir: Path) -> dict[str, Any]:
     """Everything the reference log-probs of `dataset` depend on (see the module docstring)."""
-    import trl
-
-    args, model, tokenizer = trainer.args, trainer.model, trainer._tokenizer
+    args, model = trainer.args, trainer.model
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)  # a processor holds one
     config = model.config
-    model_dir = local_model_dir(config._name_or_path, (args.model_init_kwargs or {}).get("revision"))
+    model_dir = local_model_dir(config.name_or_path, (args.model_init_kwargs or {}).get("revision"))
     # TRL's own hash of the loaded module is the fallback for a model not on local disk.
-    weights = weights_fingerprint(model_dir, memo_dir) if model_dir else f"module:{trainer._precompute_model_hash}"
+    weights = weights_fingerprint(model_dir, memo_dir) if model_dir else f"module:{seams.precompute_model_hash(trainer)}"
     return {
         "format": FORMAT,
         "reference": {
             "weights": weights,
             "dtype": str(model.dtype),
-            "attn_implementation": getattr(config, "_attn_implementation", None),
+            "attn_implementation": seams.attn_implementation(config),
         },
         "data": {"rows": len(dataset), "token_ids": token_ids_fingerprint(dataset)},
         "settings": {
@@ -136,8 +141,6 @@ class ReferenceLogpsCache:
 
     def lookup(self, key: str, parts: dict) -> Path | None:
         """The arrow file for `key`, only if its metadata matches `parts` and the file holds every row."""
-        from datasets import Dataset
-
         arrow, meta = self.arrow_path(key), self.meta_path(key)
         if not (arrow.exists() and meta.exists()):
             return None
@@ -156,19 +159,15 @@ class ReferenceLogpsCache:
     def commit(self, key: str, parts: dict, seconds: float) -> None:
         record = {"key": key, "parts": parts, "rows": parts["data"]["rows"], "compute_s": round(seconds, 3),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write_atomic(self.meta_path(key), json.dumps(record, indent=1, default=str))
+        atomic_write_text(self.meta_path(key), json.dumps(record, indent=1, default=str))
 
 
 def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_size: int, directory: Path):
     """TRL's `_precompute_ref_logps` (`compute`) behind the project's cache: returns `dataset` with the
     ref_chosen_logps / ref_rejected_logps columns, computed (distributed, by TRL) only on a miss."""
-    from accelerate.utils import broadcast_object_list
-    from datasets import Dataset, concatenate_datasets
-    from datasets.fingerprint import Hasher
-
     accelerator, cache = trainer.accelerator, ReferenceLogpsCache(directory)
     main = accelerator.is_main_process
-    if dataset._indices is not None:
+    if seams.has_index_mapping(dataset):
         # TRL filtered the rows (over-long prompts): a column-wise concatenation would then copy every input,
         # our log-probs file included, into derived cache files. Flattening first copies only the inputs;
         # one rank at a time, since ranks whose datasets share a fingerprint write the same file.
@@ -186,7 +185,7 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         key = digest(parts)
         # TRL broadcasts the main process's fingerprint too (dataset fingerprints differ between ranks:
         # TRL's length filter hashes the rank-specific DPOConfig), so the redirect below must match it.
-        trl_fingerprint = Hasher.hash((dataset._fingerprint, key))
+        trl_fingerprint = Hasher.hash((seams.dataset_fingerprint(dataset), key))
         decision = (key, parts, cache.lookup(key, parts) is not None, trl_fingerprint, uuid.uuid4().hex[:8])
     key, parts, hit, trl_fingerprint, token = broadcast_object_list([decision])[0]
     arrow = cache.arrow_path(key)
@@ -197,13 +196,9 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         start = time.perf_counter()
         # TRL's fingerprint becomes hash(dataset fingerprint, our key), and its cache file our path. Only that
         # one file is redirected: datasets asks the same method for other files (flatten_indices) too.
-        trainer._precompute_model_hash = key
-        default_path = dataset._get_cache_file_path
-        dataset._get_cache_file_path = lambda fp: str(work) if fp == trl_fingerprint else default_path(fp)
-        try:
+        seams.set_precompute_model_hash(trainer, key)
+        with seams.cache_file_redirected(dataset, trl_fingerprint, str(work)):
             compute(dataset, name, batch_size)
-        finally:
-            del dataset._get_cache_file_path
         # TRL ends the pass with a barrier and then every rank opens the file: the rename waits until all
         # ranks have opened it (an open file survives the rename), or a slower rank finds it gone.
         accelerator.wait_for_everyone()
@@ -218,8 +213,3 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
         print(f"reference log-probs: reusing {arrow} ({name}, {len(dataset)} pairs)", flush=True)
     return concatenate_datasets([dataset, Dataset.from_file(str(arrow))], axis=1)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

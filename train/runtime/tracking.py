@@ -7,15 +7,14 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
+import wandb
 from omegaconf import DictConfig
 
+from train.core.ranks import is_main_process
+
 WANDB_HOST = "api.wandb.ai"
-
-
-def is_main_process() -> bool:
-    # Read from the launcher's environment: valid before torch.distributed or accelerate start.
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _has_api_key() -> bool:
@@ -28,8 +27,6 @@ def _has_api_key() -> bool:
 
 
 def _server() -> tuple[str, int]:
-    from urllib.parse import urlparse
-
     url = urlparse(os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}"))
     return url.hostname or WANDB_HOST, url.port or (443 if url.scheme == "https" else 80)
 
@@ -65,8 +62,6 @@ def start_run(
     mode, reason = resolve_mode(cfg.wandb)
     if not is_main_process() or mode == "disabled":
         return None
-    import wandb
-
     os.environ.setdefault("WANDB_WATCH", "false")
     settings = dict(
         project=cfg.wandb.project,
@@ -105,6 +100,16 @@ def stored_run_id(run_dir: Path, cfg: DictConfig) -> Optional[str]:
 def report_to(run) -> list[str]:
     """The trainers' report_to: their WandbCallback attaches to the run started here."""
     return ["wandb"] if run is not None else []
+
+
+def run_info(run, cfg: DictConfig) -> dict:
+    """What results.json records of the W&B run (None fields when W&B was off or this is not the main process)."""
+    return {
+        "run_id": run.id if run else None,
+        "dir": str(Path(run.dir).parent) if run else None,
+        "project": cfg.wandb.project,
+        "mode": None if run is None else "offline" if run.offline else "online",
+    }
 
 
 def log_summary(run, metrics: dict[str, Any]) -> None:

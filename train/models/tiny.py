@@ -8,9 +8,15 @@ trainers' own model loading (TRL builds the reference from the policy's path).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from train.core.ranks import is_main_process
 
 # A chat template in the style of ChatML: the end-of-turn token doubles as EOS, so generation stops
 # at the end of the assistant's turn, as it does for Qwen's <|im_end|>.
@@ -23,9 +29,6 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assist
 
 def build_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE fitted on `texts`: task words become single tokens, any other text still encodes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
@@ -47,14 +50,12 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Path:
     """Create the tiny Llama and its tokenizer at `path` (once: an existing complete directory is reused)."""
-    from filelock import FileLock
-
     marker = path / "tiny_spec.json"
     wanted = {**spec, "seed": seed}
     path.parent.mkdir(parents=True, exist_ok=True)
     # Rank 0 builds (under a lock, for concurrent jobs of a sweep); other ranks wait for its marker.
     # Only rank 0 can: once torch.distributed is up, save_pretrained silently skips non-zero ranks.
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         deadline = time.monotonic() + 600
         while not (marker.exists() and json.loads(marker.read_text()) == wanted):
             if time.monotonic() > deadline:
@@ -68,9 +69,6 @@ def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Pat
 
 
 def _build(path: Path, spec: dict, texts: list[str], seed: int, marker: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = build_tokenizer(texts, spec["vocab_size"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -2,7 +2,7 @@
 
 `ThroughputCallback.attach(trainer, ...)` counts what the policy really processes: a forward pre-hook on
 the model reads each training forward's attention mask (unpadded lengths), so the FLOP count
-(train/flops.py) follows the actual batches, whatever the sampler, collator or ZeRO stage. At each
+(train/models/flops.py) follows the actual batches, whatever the sampler, collator or ZeRO stage. At each
 logging step it adds, to the same record W&B receives:
 
     throughput/tokens_per_s      unpadded tokens (chosen + rejected for DPO) per second, all ranks
@@ -18,14 +18,16 @@ does, in the same run.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
-from train.flops import ModelSpec, dpo_step_flops, training_flops
+from train.core.memory import peak_rss_mb
+from train.models.flops import ModelSpec, dpo_step_flops, training_flops
+from train.runtime.distributed import is_distributed
 
 # Dense (no sparsity) peak FLOP/s from vendor data sheets, matched on torch.cuda.get_device_name().
 # Checked in order: the first key found in the device name wins (H100 PCIe before plain H100).
@@ -77,17 +79,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over
-    exec from the forked parent, so a process started by a big one (a benchmark, a launcher) would report
-    the parent's RSS."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def sequence_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -186,9 +177,7 @@ class ThroughputCallback(TrainerCallback):
 
 
 def _reduce(values: list[float], device: torch.device, op) -> list[float]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (is_distributed() and dist.get_world_size() > 1):
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=op)
@@ -196,12 +185,8 @@ def _reduce(values: list[float], device: torch.device, op) -> list[float]:
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
     return _reduce(values, device, dist.ReduceOp.SUM)
 
 
 def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
     return _reduce(values, device, dist.ReduceOp.MAX)

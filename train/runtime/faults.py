@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 
+from train.core.ranks import rank
+
 
 def _items() -> list[tuple[str, int, int | None]]:
     out = []
@@ -23,8 +25,7 @@ def _items() -> list[tuple[str, int, int | None]]:
 
 
 def _hit(kind: str, step: int) -> bool:
-    rank = int(os.environ.get("RANK", "0"))
-    return any(k == kind and s == step and (r is None or r == rank) for k, s, r in _items())
+    return any(k == kind and s == step and (r is None or r == rank()) for k, s, r in _items())
 
 
 def poison_loss(loss, step: int):

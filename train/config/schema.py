@@ -1,8 +1,8 @@
-"""Typed schema of our own settings (Hydra structured configs).
+"""Typed schema of our own settings (Hydra structured configs), registered as `main_schema`.
 
 Trainer settings (`sft.args`, `dpo.args`) are deliberately untyped dicts: they pass through to TRL's
-SFTConfig / DPOConfig, which checks them (train/config.py). DPOConfig itself cannot be the schema
-because OmegaConf rejects its Union-typed fields.
+SFTConfig / DPOConfig, which checks them (train/config/trainer_args.py). DPOConfig itself cannot be the
+schema because OmegaConf rejects its Union-typed fields.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+STAGES = ("all", "sft", "dpo", "eval")  # stage=: the whole pipeline or one stage
+REFERENCE_PLACEMENTS = ("model", "precomputed", "lora")  # dpo.reference=
 
 
 @dataclass
@@ -184,8 +186,3 @@ class MainConfig:
     output_root: str = "outputs"  # runs/, sweeps/, sft/ and models/ live under it
     experiment: str = "default"  # experiment name: W&B group default, a label in results, the sweep directory
     nproc_per_node: int = 1  # processes per node in SLURM jobs
-
-
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="main_schema", node=MainConfig)

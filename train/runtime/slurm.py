@@ -1,5 +1,8 @@
 """Inside a SLURM job started by hydra-submitit-launcher: one `accelerate launch` per node.
 
+Training-side logic (a submitit task hands over to the node's processes), so it lives in train/, not in
+launch/ (operator tools).
+
 submitit starts one task per node (hydra.launcher.tasks_per_node=1) and runs the Hydra job function
 there; for a multi-node or multi-process job that function hands over to this module, which starts
 `accelerate launch` with this node's machine rank, the first node's address (from `scontrol`, as
@@ -16,15 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-MULTI_NODE_CONFIG = Path(__file__).resolve().parent / "accelerate" / "multi_node.yaml"
+import submitit
+
+MULTI_NODE_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "accelerate" / "multi_node.yaml"
 
 
 def submitit_job_environment():
     """The submitit job environment when this process is a submitit task (not one of its workers)."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "LOCAL_RANK" in os.environ:
         return None
-    import submitit
-
     return submitit.JobEnvironment()
 
 

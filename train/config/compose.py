@@ -1,0 +1,48 @@
+"""Composing the Hydra config from conf/: the schema and resolvers registered once, and composition
+errors as one line (Hydra's own are multi-line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from train.config.schema import MainConfig
+from train.core.errors import ConfigError
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def run_name(override_dirname: str) -> str:
+    # One directory level: a path in an override (model.name_or_path=/a/b) must not nest directories.
+    return override_dirname.replace("/", "_") or "default"
+
+
+def register() -> None:
+    """The typed schema (`main_schema` in conf/config.yaml's defaults) and the `run_name` resolver."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
+    ConfigStore.instance().store(name="main_schema", node=MainConfig)
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config `python -m train <overrides>` runs with; a composition error is a one-line ConfigError."""
+    register()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(one_line(err)) from err
+
+
+def one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    if "Could not find" in text and "Available options" in text:
+        head, options = text.split("Available options in", 1)
+        return f"{head.replace('In ' + repr('config') + ': ', '').strip()}; available options in{options}"
+    return text

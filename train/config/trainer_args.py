@@ -1,0 +1,102 @@
+"""The one place that builds TRL's SFTConfig / DPOConfig from the composed config.
+
+The builders only compute keyword arguments and construct the dataclass: no process group, no
+environment variables. Runtime settings (the CPU gloo workaround's accelerator_config) come in through
+`extra` from train/runtime/distributed.py. Constructing a TrainingArguments still sets up accelerate's
+device state (transformers does that in __post_init__); validation therefore builds inside
+`single_process_view` (train/config/validate.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from trl import DPOConfig, SFTConfig
+
+from train.core.errors import ConfigError
+
+# Keys the pipeline sets itself: taking them from `*.args` would split one setting across two places.
+PIPELINE_OWNED_KEYS = {
+    "output_dir": "the run directory is set by Hydra (hydra.run.dir)",
+    "beta": "set beta with the beta group, e.g. beta.value=0.1",
+    "deepspeed": "choose a ZeRO stage with the deepspeed group, e.g. deepspeed=zero3",
+    "seed": "set the top-level seed, e.g. seed=1",
+    "run_name": "set wandb.name",
+    "save_strategy": "checkpoints are set by checkpoint.every_steps",
+    "save_steps": "set checkpoint.every_steps",
+    "save_total_limit": "set checkpoint.keep",
+    "resume_from_checkpoint": "runs resume by themselves (resume.enabled)",
+    "ddp_timeout": "set faults.collective_timeout_s",
+}
+NO_SAVING = 10**9  # save_steps when checkpoint.every_steps=0: transformers still saves at the last step
+
+
+def trainer_args(cfg: DictConfig, stage: str, config_cls: type) -> dict[str, Any]:
+    """`<stage>.args` as a dict, each key checked against `config_cls`'s fields."""
+    args = OmegaConf.to_container(cfg[stage].args, resolve=True)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key in args:
+        if key in PIPELINE_OWNED_KEYS:
+            raise ConfigError(f"{stage}.args.{key}: {PIPELINE_OWNED_KEYS[key]}")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {stage}.args.{close[0]}?" if close else f"see trl.{config_cls.__name__} for valid keys"
+            raise ConfigError(f"{stage}.args.{key}: not a {config_cls.__name__} setting; {hint}")
+    return args
+
+
+def common_kwargs(cfg: DictConfig, args: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    common = {
+        "output_dir": str(output_dir),
+        "seed": cfg.seed,
+        # TRL defaults to bf16=True, which fails on CPU; follow the hardware unless the user chose.
+        "bf16": args.pop("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+        "model_init_kwargs": {
+            "dtype": cfg.model.dtype,
+            "attn_implementation": cfg.model.attn_implementation,
+            "revision": cfg.model.revision,
+        },
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "ddp_timeout": cfg.faults.collective_timeout_s,
+    }
+    if cfg.deepspeed.config is not None:
+        common["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+    return {**args, **common}
+
+
+def with_extra(kwargs: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """`extra` last; accelerator_config is merged key by key (the user's and the runtime's both count)."""
+    extra = dict(extra or {})
+    accelerator_config = {**kwargs.pop("accelerator_config", {}), **extra.pop("accelerator_config", {})}
+    if accelerator_config:
+        kwargs["accelerator_config"] = accelerator_config
+    return {**kwargs, **extra}
+
+
+def construct(config_cls: type, stage: str, kwargs: dict[str, Any]):
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{stage}.args: {config_cls.__name__} rejected the settings: {first_line}") from err
+
+
+def build_sft_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> SFTConfig:
+    kwargs = common_kwargs(cfg, trainer_args(cfg, "sft", SFTConfig), output_dir)
+    kwargs["save_strategy"] = "no"  # SFT is short and shared by a sweep; only its final model is kept
+    return construct(SFTConfig, "sft", with_extra(kwargs, extra))
+
+
+def build_dpo_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> DPOConfig:
+    kwargs = common_kwargs(cfg, trainer_args(cfg, "dpo", DPOConfig), output_dir)
+    kwargs["beta"] = cfg.beta.value
+    kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
+    every = cfg.checkpoint.every_steps
+    # Saved every `every` steps and at the end (transformers saves at the last step under "steps").
+    kwargs.update(save_strategy="steps", save_steps=every or NO_SAVING, save_total_limit=None)
+    return construct(DPOConfig, "dpo", with_extra(kwargs, extra))

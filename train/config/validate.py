@@ -1,0 +1,100 @@
+"""Checks of the composed config that its types cannot express. Every check raises ConfigError with one
+line that names the key and says what to change; the entry points print it without a traceback.
+
+Choices that a registry defines (beta schedules, judges, data sources) are checked by the layer that holds
+the registry; train/pipeline/checks.py runs them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.config.schema import REFERENCE_PLACEMENTS, STAGES
+from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.core.errors import ConfigError
+from train.core.paths import looks_like_local_path
+
+SECRET_KEY = re.compile(r"(token|api_key|apikey|secret|password)$", re.IGNORECASE)
+# What a launcher (accelerate, torchrun, SLURM workers) exports: with these set, building a
+# TrainingArguments starts a process group.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED")
+
+
+def validate(cfg: DictConfig) -> None:
+    check_no_secrets(OmegaConf.to_container(cfg, resolve=False), "")
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage}: choose one of {', '.join(STAGES)}")
+    check_beta(cfg.beta)
+    if cfg.dpo.reference not in REFERENCE_PLACEMENTS:
+        raise ConfigError(f"dpo.reference={cfg.dpo.reference}: choose one of {', '.join(REFERENCE_PLACEMENTS)}")
+    if cfg.dpo.reference == "precomputed" and cfg.dpo.args.get("sync_ref_model"):
+        raise ConfigError("dpo.reference=precomputed with dpo.args.sync_ref_model=true: a synced reference cannot be precomputed; pick one")
+    if cfg.dpo.reference != "model" and cfg.dpo.args.get("precompute_ref_log_probs") is not None:
+        raise ConfigError("dpo.args.precompute_ref_log_probs: remove it; choose dpo.reference=precomputed instead")
+    check_deepspeed(cfg.deepspeed)
+    name = cfg.model.name_or_path
+    if cfg.model.tiny is None and looks_like_local_path(name) and not Path(name).is_dir():
+        raise ConfigError(f"model.name_or_path={name}: no such directory; give a local model directory or a hub id")
+    if cfg.checkpoint.every_steps < 0 or cfg.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
+    if cfg.faults.max_bad_steps < 1 or cfg.faults.collective_timeout_s < 10:
+        raise ConfigError("faults.max_bad_steps must be >= 1 and faults.collective_timeout_s >= 10")
+    if cfg.eval.enabled and cfg.eval.num_prompts <= 0:
+        raise ConfigError(f"eval.num_prompts={cfg.eval.num_prompts}: must be > 0, or set eval.enabled=false")
+    # The trainers' real configs, DeepSpeed dict included: what TRL and transformers refuse, refused now.
+    with single_process_view():
+        build_sft_config(cfg, Path("/nonexistent/validate-only"))
+        build_dpo_config(cfg, Path("/nonexistent/validate-only"))
+
+
+def check_beta(beta: DictConfig) -> None:
+    for key in ("value", "final"):
+        value = beta[key]
+        if value is not None and value <= 0:
+            raise ConfigError(f"beta.{key}={value}: beta must be > 0 (typical 0.05-0.5)")
+    if beta.schedule != "constant" and beta.final is None:
+        raise ConfigError(f"beta.final is required by beta={beta.schedule}: set beta.final=<value>")
+
+
+def check_deepspeed(ds: DictConfig) -> None:
+    if ds.stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.stage={ds.stage}: ZeRO stages are 0, 1, 2 and 3")
+    if (ds.stage == 0) != (ds.config is None):
+        raise ConfigError("deepspeed.stage and deepspeed.config disagree: pick a preset, e.g. deepspeed=zero3")
+    if ds.config is not None:
+        inner = OmegaConf.select(ds.config, "zero_optimization.stage")
+        if inner != ds.stage:
+            raise ConfigError(f"deepspeed.config.zero_optimization.stage={inner} but deepspeed.stage={ds.stage}: make them equal")
+        if "train_batch_size" in ds.config:
+            raise ConfigError("deepspeed.config.train_batch_size: remove it; it is derived from the batch size and world size at run time")
+
+
+def check_no_secrets(node: Any, where: str) -> None:
+    # Secrets come from the environment only: anything in the config is written to disk and to W&B.
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if SECRET_KEY.search(str(key)) and value not in (None, ""):
+                raise ConfigError(f"{path}: secrets must not be in the config; set it in the environment (e.g. HF_TOKEN, WANDB_API_KEY)")
+            check_no_secrets(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_no_secrets(value, f"{where}[{i}]")
+
+
+@contextmanager
+def single_process_view() -> Iterator[None]:
+    """The launcher's variables hidden while the block runs: a TrainingArguments built inside sees one
+    process and starts no process group, so every rank can validate before the real setup."""
+    saved = {k: os.environ.pop(k) for k in LAUNCHER_VARIABLES if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

@@ -1,0 +1,1 @@
+"""Stdlib-only helpers every layer may use: errors, files, ranks, trees, memory, paths."""

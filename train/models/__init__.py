@@ -1,0 +1,1 @@
+"""Models: loading from a path or hub id, the embedded tiny model, FLOP counts, sampling."""

@@ -1,0 +1,1 @@
+"""Pipeline stages in order: checks -> data -> SFT -> DPO -> evaluation -> results.json (run.py)."""

@@ -1,0 +1,16 @@
+"""Every start-up check of a composed config, each run by the layer that owns the registry it checks."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from train import data
+from train.config.validate import validate
+from train.trainer import beta
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raises ConfigError (one line) for anything the run would fail on later; writes nothing."""
+    beta.check(cfg.beta)
+    data.check_config(cfg)
+    validate(cfg)

@@ -1,0 +1,86 @@
+"""Each stage returns a typed result; results.json is assembled from them here, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.core.files import read_json, write_json
+
+RESULTS = "results.json"
+
+
+@dataclass
+class SFTResult:
+    path: str
+    skipped: bool = False  # sft.enabled=false: DPO starts from the base model
+    reused: bool = False  # a finished SFT model with the same inputs was found
+    train: dict = field(default_factory=dict)  # the last logged training metrics
+    runtime_s: Optional[float] = None  # only when trained here
+
+    def record(self) -> dict:
+        if self.skipped:
+            return {"path": self.path, "skipped": True}
+        if self.reused:
+            return {"path": self.path, "reused": True}
+        return {"path": self.path, "reused": False, "train": self.train}
+
+
+@dataclass
+class DPOResult:
+    policy_path: str
+    reference_path: str
+    train: dict  # the last logged record with rewards/accuracies
+    history: list  # every logged training record with rewards/margins
+    held_out: dict  # evaluation on the test pairs, eval_ prefix removed
+    steps: int
+    resumed_from: Optional[str]
+    bad_steps: int
+    runtime_s: float
+    distributed: dict
+    wandb: dict
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in ("policy_path", "reference_path", "train", "history", "held_out",
+                                              "steps", "resumed_from", "bad_steps")}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict  # kl_to_reference, num_prompts, judge_reward, win_rate_vs_reference
+    reference_judge_reward: Optional[float]
+    runtime_s: float
+
+
+def start_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """A stage run on its own (stage=dpo|eval) adds to the run's results; stage=all|sft starts afresh."""
+    results = read_json(run_dir / RESULTS, {}) if cfg.stage in ("dpo", "eval") else {}
+    results.setdefault("runtime_s", {})
+    results.update(beta=cfg.beta.value, beta_schedule=OmegaConf.to_container(cfg.beta), experiment=cfg.experiment)
+    return results
+
+
+def add_sft(results: dict, sft: SFTResult) -> None:
+    results["sft"] = sft.record()
+    if sft.runtime_s is not None:
+        results["runtime_s"]["sft"] = sft.runtime_s
+
+
+def add_dpo(results: dict, dpo: DPOResult) -> None:
+    results["dpo"] = dpo.record()
+    results["runtime_s"]["dpo"] = dpo.runtime_s
+    results["distributed"] = dpo.distributed
+    results["wandb"] = dpo.wandb
+
+
+def add_eval(results: dict, evaluation: EvalResult) -> None:
+    results["runtime_s"]["eval"] = evaluation.runtime_s
+    results.setdefault("sft", {})["judge_reward"] = evaluation.reference_judge_reward
+    results.setdefault("dpo", {}).update(evaluation.metrics)
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    return write_json(run_dir / RESULTS, results)

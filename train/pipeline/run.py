@@ -1,0 +1,59 @@
+"""The pipeline, top to bottom: checks -> data -> SFT -> DPO -> evaluate -> results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.core.files import write_json
+from train.core.ranks import is_main_process, num_machines
+from train.core.trees import flatten
+from train.data import load_preference_data
+from train.models.loading import ensure_base_model, load_tokenizer
+from train.pipeline.checks import check_config
+from train.pipeline.dpo import run_dpo
+from train.pipeline.dry_run import dry_run
+from train.pipeline.evaluate import run_eval
+from train.pipeline.results import add_dpo, add_eval, add_sft, start_results, write_results
+from train.pipeline.sft import require_model, run_sft, sft_output_dir
+from train.runtime import tracking
+from train.runtime.distributed import check_offload_memory
+
+
+def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
+    check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    base_path = ensure_base_model(cfg)
+    check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())
+    data = load_preference_data(cfg, load_tokenizer(cfg, base_path))
+    if cfg.dry_run:
+        return dry_run(cfg, base_path, data, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if data.report and is_main_process():
+        write_json(run_dir / "data_report.json", data.report)
+
+    results = start_results(cfg, run_dir)
+    sft_path = sft_output_dir(cfg)
+    if cfg.stage in ("all", "sft"):
+        add_sft(results, run_sft(cfg, resolved, base_path, sft_path, data))
+    wandb_run = None
+    # With SFT off, DPO starts from the base model itself, which is then also the reference.
+    reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path
+    if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
+        # A restarted run (requeue, rerun) continues its W&B run: the id is kept in the run directory.
+        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, tracking.stored_run_id(run_dir, cfg))
+        tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
+        add_dpo(results, run_dpo(cfg, reference, data, run_dir, wandb_run))
+    if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled:
+        evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), reference, data, run_dir)
+        add_eval(results, evaluation)
+        if wandb_run is None:  # stage=eval on its own: add to the DPO stage's W&B run
+            wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, results.get("wandb", {}).get("run_id"))
+        tracking.log_summary(wandb_run, {f"final/{k}": v for k, v in evaluation.metrics.items() if v is not None})
+    tracking.finish(wandb_run)
+    if is_main_process():
+        write_results(run_dir, results)
+    return results

@@ -1,0 +1,69 @@
+"""SFT stage: train once per (model, data, sft settings, seed), shared by every run of a sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.core.errors import ConfigError
+from train.core.files import is_complete, mark_complete
+from train.data import PreferenceData
+from train.models.loading import load_tokenizer
+from train.pipeline.results import SFTResult
+from train.runtime import tracking
+from train.runtime.distributed import setup_process_group
+from train.trainer.builders import build_sft_trainer
+from train.trainer.throughput import ThroughputCallback
+
+
+def sft_output_dir(cfg: DictConfig) -> Path:
+    """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it."""
+    inputs = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "sft")}
+    inputs["seed"] = cfg.seed
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.output_root).resolve() / "sft" / key
+
+
+def require_model(path: Path, stage: str) -> Path:
+    if is_complete(path):
+        return path
+    raise ConfigError(f"no finished {stage} model at {path}: run stage={stage} (or stage=all) first")
+
+
+def last_logged(trainer, key: str) -> dict:
+    """The last training log line that carries `key` (TRL logs rewards/* at every logging step)."""
+    for entry in reversed(trainer.state.log_history):
+        if key in entry:
+            return dict(entry)
+    return {}
+
+
+def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: PreferenceData) -> SFTResult:
+    if not cfg.sft.enabled:
+        return SFTResult(path=base_path, skipped=True)
+    if is_complete(out):
+        print(f"sft: reusing {out} (same model, data, sft settings and seed)", flush=True)
+        return SFTResult(path=str(out), reused=True)
+    start = time.perf_counter()
+    wandb_run = tracking.start_run(cfg, resolved, out.parent, "sft", f"sft-{out.name}")
+    work = out.with_name(out.name + ".tmp")
+    extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
+    trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
+                                {**extra, "report_to": tracking.report_to(wandb_run)})
+    ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
+    trainer.train()
+    trainer.save_model(str(work))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        mark_complete(work)
+        shutil.rmtree(out, ignore_errors=True)
+        work.rename(out)  # atomic: readers see a finished directory or none
+    trainer.accelerator.wait_for_everyone()
+    runtime_s = time.perf_counter() - start
+    tracking.finish(wandb_run)
+    return SFTResult(path=str(out), train=last_logged(trainer, "loss"), runtime_s=runtime_s)

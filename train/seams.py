@@ -1,0 +1,96 @@
+"""Every access to a library's private attributes, in one place (issue 11).
+
+TRL, datasets, accelerate, transformers and Hydra offer no public API for these; each use says why it is
+needed. tests/test_seams.py holds one canary per attribute against the installed versions, so an
+upgrade that renames or drops one fails there in seconds, not in a 20-minute pipeline test.
+Versions checked: trl 1.16.0, datasets 5.2.0, accelerate 1.15.0, transformers 5.24.0, hydra-core 1.3.8.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from accelerate.state import AcceleratorState
+
+# --- TRL's DPOTrainer ------------------------------------------------------------------------------
+
+
+class ReferencePassHook:
+    """Mixin for a DPOTrainer subclass: TRL's private `_precompute_ref_logps(dataset, name, batch_size)`
+    (the reference pass of precompute_ref_log_probs) is routed to the subclass's public
+    `reference_pass(compute, dataset, name, batch_size)`, with TRL's own method as `compute`."""
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        return self.reference_pass(super()._precompute_ref_logps, dataset, name, batch_size)
+
+    def reference_pass(self, compute: Callable, dataset, name: str, batch_size: int):
+        return compute(dataset, name, batch_size)
+
+
+def release_precompute_engine(trainer) -> bool:
+    """Under ZeRO-3 TRL 1.16 runs the reference pass through a DeepSpeed inference engine around the policy
+    and keeps it as `_precompute_engine`; destroying it stops its hooks firing in every training step."""
+    engine = getattr(trainer, "_precompute_engine", None)
+    if engine is None:
+        return False
+    engine.destroy()
+    trainer._precompute_engine = None
+    return True
+
+
+def precompute_model_hash(trainer) -> str:
+    """TRL's hash of the loaded policy weights, part of its own reference-cache fingerprint."""
+    return trainer._precompute_model_hash
+
+
+def set_precompute_model_hash(trainer, value: str) -> None:
+    trainer._precompute_model_hash = value
+
+
+# --- datasets --------------------------------------------------------------------------------------
+
+
+def dataset_fingerprint(dataset) -> str:
+    """datasets' content fingerprint of a Dataset (what its own cache files are named by)."""
+    return dataset._fingerprint
+
+
+def has_index_mapping(dataset) -> bool:
+    """True when the rows are reached through an index mapping (after select/filter), not stored flat."""
+    return dataset._indices is not None
+
+
+@contextmanager
+def cache_file_redirected(dataset, fingerprint: str, path: str) -> Iterator[None]:
+    """While the block runs, the cache file datasets would write for `fingerprint` is `path`; every other
+    cache file keeps its default name. datasets derives cache file names in `_get_cache_file_path`."""
+    default = dataset._get_cache_file_path
+    dataset._get_cache_file_path = lambda fp: path if fp == fingerprint else default(fp)
+    try:
+        yield
+    finally:
+        del dataset._get_cache_file_path
+
+
+# --- transformers and accelerate -------------------------------------------------------------------
+
+
+def attn_implementation(config) -> str | None:
+    """The attention implementation a loaded model really uses (transformers resolves "sdpa"/"eager" into
+    `_attn_implementation`; the public constructor argument may be None)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process state so the next PartialState is built afresh (transformers'
+    TrainingArguments does the same internally)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# --- Hydra -----------------------------------------------------------------------------------------
+
+
+def job_error(job_return) -> Any:
+    """The exception a failed Hydra job raised (`JobReturn.return_value` re-raises it instead)."""
+    return job_return._return_value

@@ -1,0 +1,1 @@
+"""The trainer layer: ProjectDPOTrainer, its builders, checkpoints, the reference cache, throughput, beta schedules."""

@@ -1,0 +1,48 @@
+"""The SFT and DPO trainers as the pipeline runs them; the benchmark and the GPU check build theirs here too,
+so what they measure is what a run trains with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from peft import LoraConfig
+from trl import SFTTrainer
+
+from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.trainer.beta import BetaSchedule
+from train.trainer.dpo import ProjectDPOTrainer
+
+
+def lora_config(spec: DictConfig) -> LoraConfig:
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+
+
+def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
+                      extra: dict[str, Any] | None = None) -> SFTTrainer:
+    """`extra`: TrainingArguments set by the caller (process group, report_to, the benchmark's max_steps)."""
+    args = build_sft_config(cfg, output_dir, extra)
+    return SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer)
+
+
+def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
+                      extra: dict[str, Any] | None = None) -> ProjectDPOTrainer:
+    args = build_dpo_config(cfg, output_dir, extra)
+    return ProjectDPOTrainer(
+        model=model_path,  # TRL loads the reference from the same path: the SFT model, never a checkpoint
+        args=args,
+        train_dataset=data.train_pairs,
+        eval_dataset=data.test_pairs,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.dpo.lora) if cfg.dpo.reference == "lora" else None,
+        beta_schedule=BetaSchedule.from_config(cfg.beta),
+        max_bad_steps=cfg.faults.max_bad_steps,
+        reference_cache_dir=Path(cfg.output_root).resolve() / "ref_cache",
+    )
+
+
+def reference_forward(cfg: DictConfig) -> bool:
+    """Whether a DPO step also runs the reference forward (not when its log-probs were precomputed)."""
+    return cfg.dpo.reference != "precomputed"
