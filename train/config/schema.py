@@ -1,5 +1,12 @@
 """Typed schema of our own settings (Hydra structured configs), registered as `main_schema`.
 
+One source for every default value:
+  - groups with several options (model, data, beta, deepspeed): the defaults are here, and an option's YAML
+    sets only what it changes, so a new option (your own conf/model/mine.yaml) inherits them;
+  - groups with one option (sft, dpo, eval, wandb) and the top-level keys: the values are in the YAML
+    (conf/<group>/default.yaml, conf/config.yaml), next to a comment saying why; here they are `???`.
+tests/test_defaults.py checks that no value is written in both places.
+
 Trainer settings (`sft.args`, `dpo.args`) are deliberately untyped dicts: they pass through to TRL's
 SFTConfig / DPOConfig, which checks them (train/config/trainer_args.py). DPOConfig itself cannot be the
 schema because OmegaConf rejects its Union-typed fields.
@@ -18,14 +25,14 @@ REFERENCE_PLACEMENTS = ("model", "precomputed", "lora")  # dpo.reference=
 
 @dataclass
 class TinyModelSpec:
-    """Architecture of the embedded tiny Llama, built from a config (train/tiny.py)."""
+    """Architecture of the embedded tiny Llama, built from a config (train/models/tiny.py); values in conf/model/tiny.yaml."""
 
-    vocab_size: int = 1024  # upper bound for the BPE tokenizer fitted on the synthetic corpus
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 256
+    vocab_size: int = MISSING  # upper bound for the BPE tokenizer fitted on the synthetic corpus
+    hidden_size: int = MISSING  # model width
+    intermediate_size: int = MISSING  # MLP width
+    num_hidden_layers: int = MISSING  # decoder layers
+    num_attention_heads: int = MISSING  # attention heads (as many key/value heads)
+    max_position_embeddings: int = MISSING  # longest sequence
 
 
 @dataclass
@@ -41,12 +48,12 @@ class ModelConfig:
 
 @dataclass
 class SyntheticSpec:
-    """Sizes of the generated sentiment task (train/data/synthetic.py)."""
+    """Sizes of the generated sentiment task (train/data/synthetic.py); values in conf/data/synthetic.yaml."""
 
-    num_sft: int = 3000  # prompt-completion rows for SFT
-    num_pairs: int = 2000  # preference pairs for DPO training
-    num_test_pairs: int = 200  # held-out pairs for DPO evaluation loss/rewards
-    num_eval_prompts: int = 64  # held-out prompts sampled from policy and reference after DPO
+    num_sft: int = MISSING  # prompt-completion rows for SFT
+    num_pairs: int = MISSING  # preference pairs for DPO training
+    num_test_pairs: int = MISSING  # held-out pairs for DPO evaluation loss/rewards
+    num_eval_prompts: int = MISSING  # held-out prompts sampled from policy and reference after DPO
 
 
 @dataclass
@@ -83,7 +90,7 @@ class DataConfig:
     max_rows: Optional[int] = None  # read at most this many rows per split (quick looks at big sources)
     max_drop_fraction: float = 0.05  # stop when more than this share of pairs is dropped as bad data
     conversational: bool = True  # present rows as chat messages so the model's chat template applies
-    judge: Optional[str] = None  # rule-based reward for evaluation (only `sentiment` exists); null: none
+    judge: Optional[str] = None  # rule-based reward for evaluation (train/data JUDGES); null: none
     options: dict[str, Any] = field(default_factory=dict)  # source-specific settings (see conf/data/<name>.yaml)
     ranking: RankingSpec = field(default_factory=RankingSpec)  # ranked sources only (eli5, custom responses/scores)
     columns: ColumnsSpec = field(default_factory=ColumnsSpec)  # data=custom only
@@ -92,7 +99,7 @@ class DataConfig:
 
 @dataclass
 class BetaConfig:
-    schedule: str = MISSING  # constant, linear or cosine (one per beta/*.yaml)
+    schedule: str = MISSING  # constant, linear or cosine (one per beta/*.yaml; train/trainer/beta.py SCHEDULES)
     value: float = 0.1  # DPO temperature; for schedules, the value at step 0
     final: Optional[float] = None  # schedules only: the value at the last step
     warmup_steps: int = 0  # schedules only: steps held at `value` before the schedule starts
@@ -106,18 +113,18 @@ class DeepSpeedConfig:
 
 @dataclass
 class StageConfig:
-    enabled: bool = True  # false: skip the stage (SFT: DPO starts from the base model)
-    args: dict[str, Any] = field(default_factory=dict)  # SFTConfig / DPOConfig keys, checked by TRL
+    enabled: bool = MISSING  # false: skip the stage (SFT: DPO starts from the base model)
+    args: dict[str, Any] = MISSING  # SFTConfig / DPOConfig keys, checked by TRL
 
 
 @dataclass
 class LoraSpec:
     """LoRA adapters for dpo.reference=lora: the reference is the base model with adapters disabled."""
 
-    r: int = 16  # adapter rank
-    alpha: int = 32  # scaling numerator (scale = alpha / r)
-    dropout: float = 0.0  # adapter dropout
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    r: int = MISSING  # adapter rank
+    alpha: int = MISSING  # scaling numerator (scale = alpha / r)
+    dropout: float = MISSING  # adapter dropout
+    target_modules: list[str] = MISSING  # module names that get adapters
 
 
 @dataclass
@@ -125,46 +132,46 @@ class DPOStageConfig(StageConfig):
     # Where reference log-probs come from: model (a frozen second copy, sharded like the policy under
     # ZeRO-3), precomputed (once before training; no reference in memory while training), lora (train
     # adapters; the reference is the same weights with adapters disabled, no second copy at all).
-    reference: str = "model"
+    reference: str = MISSING
     lora: LoraSpec = field(default_factory=LoraSpec)  # used by reference=lora
 
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True  # sample and judge after DPO
-    num_prompts: int = 64  # held-out prompts to sample
-    max_new_tokens: int = 32  # sample length limit
-    temperature: float = 1.0  # 1.0 samples the model's own distribution, which the KL estimate needs
-    batch_size: int = 32  # prompts per generate() call
+    enabled: bool = MISSING  # sample and judge after DPO
+    num_prompts: int = MISSING  # held-out prompts to sample
+    max_new_tokens: int = MISSING  # sample length limit
+    temperature: float = MISSING  # 1.0 samples the model's own distribution, which the KL estimate needs
+    batch_size: int = MISSING  # prompts per generate() call
 
 
 @dataclass
 class WandbConfig:
-    enabled: bool = True  # log to Weights & Biases (online if reachable with a key, else offline files)
-    mode: str = "auto"  # auto, online, offline or disabled
-    project: str = "dpo"  # W&B project
-    entity: Optional[str] = None  # W&B team or user; null uses the key's default
-    group: Optional[str] = None  # runs grouped together, e.g. one sweep; null: the experiment name
-    name: Optional[str] = None  # run name; null: from the command-line overrides (e.g. beta.value=0.1)
-    tags: list[str] = field(default_factory=list)  # free-form tags
+    enabled: bool = MISSING  # log to Weights & Biases (online if reachable with a key, else offline files)
+    mode: str = MISSING  # auto, online, offline or disabled
+    project: str = MISSING  # W&B project
+    entity: Optional[str] = MISSING  # W&B team or user; null uses the key's default
+    group: Optional[str] = MISSING  # runs grouped together, e.g. one sweep; null: the experiment name
+    name: Optional[str] = MISSING  # run name; null: from the command-line overrides (e.g. beta.value=0.1)
+    tags: list[str] = MISSING  # free-form tags
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 50  # DPO checkpoint interval in optimizer steps (and always at the end); 0: only at the end
-    keep: int = 2  # complete checkpoints kept; older ones are deleted after a newer one is complete
+    every_steps: int = MISSING  # DPO checkpoint interval in optimizer steps (and always at the end); 0: only at the end
+    keep: int = MISSING  # complete checkpoints kept; older ones are deleted after a newer one is complete
 
 
 @dataclass
 class ResumeConfig:
-    enabled: bool = True  # start from the newest complete checkpoint in the run directory, if any
-    allow_changes: bool = False  # resume even if world size, global batch, seed or data changed
+    enabled: bool = MISSING  # start from the newest complete checkpoint in the run directory, if any
+    allow_changes: bool = MISSING  # resume even if world size, global batch, seed or data changed
 
 
 @dataclass
 class FaultsConfig:
-    max_bad_steps: int = 3  # consecutive NaN/inf-loss steps (each skipped) before the run stops
-    collective_timeout_s: int = 600  # a rank waiting longer than this on the others fails the job
+    max_bad_steps: int = MISSING  # consecutive NaN/inf-loss steps (each skipped) before the run stops
+    collective_timeout_s: int = MISSING  # a rank waiting longer than this on the others fails the job
 
 
 @dataclass
@@ -180,9 +187,9 @@ class MainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    stage: str = "all"  # all, sft, dpo or eval
-    seed: int = 0  # one seed for data generation, model init and trainers
-    dry_run: bool = False  # build everything, print a summary, stop before training
-    output_root: str = "outputs"  # runs/, sweeps/, sft/ and models/ live under it
-    experiment: str = "default"  # experiment name: W&B group default, a label in results, the sweep directory
-    nproc_per_node: int = 1  # processes per node in SLURM jobs
+    stage: str = MISSING  # all, sft, dpo or eval
+    seed: int = MISSING  # one seed for data generation, model init and trainers
+    dry_run: bool = MISSING  # build everything, print a summary, stop before training
+    output_root: str = MISSING  # runs/, sweeps/, sft/ and models/ live under it
+    experiment: str = MISSING  # experiment name: W&B group default, a label in results, the sweep directory
+    nproc_per_node: int = MISSING  # processes per node in SLURM jobs

@@ -6,12 +6,14 @@ them, and a key the converter does not know is refused (a typo would otherwise b
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from train.config.schema import ColumnsSpec, RankingSpec
 from train.core.errors import ConfigError
 from train.data import chat, converters
 from train.data.ranking import STRATEGIES
@@ -39,8 +41,9 @@ SOURCES: dict[str, Source] = {
     # The embedded task's generated rows are already {prompt, chosen, rejected}.
     "synthetic": Source(converters.convert_custom, uses_columns=True),
 }
-DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "responses": None, "scores": None}
-RANKING_DEFAULTS = {"strategy": "best_vs_worst", "min_margin": 0.0}
+# The schema's defaults (one source): a source that does not read data.ranking / data.columns refuses a change.
+DEFAULT_COLUMNS = dataclasses.asdict(ColumnsSpec())
+RANKING_DEFAULTS = dataclasses.asdict(RankingSpec())
 USERS = {"ranking": "eli5 and custom", "columns": "custom"}
 
 
