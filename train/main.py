@@ -17,7 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from train.config.compose import CONFIG_DIR, compose, register
+from train.config.compose import CONFIG_DIR, compose, register, sweep_combinations
+from train.config.validate import check_override_secrets
 from train.core.cli import EXIT_STOPPED, fail
 from train.core.errors import ConfigError, Preempted, TrainingAborted
 from train.core.files import read_json
@@ -54,14 +55,19 @@ def hydra_main(cfg: DictConfig) -> dict | None:
 
 
 def precheck(argv: list[str]) -> None:
-    """Compose and check once before Hydra does: its multi-line composition errors become one line,
-    and a bad config fails before Hydra creates the run directory."""
+    """Compose and check before Hydra does: its multi-line composition errors become one line, and a bad
+    config (or a secret on the command line) fails before Hydra writes a run directory or multirun.yaml.
+    A multirun is checked for every combination it will run."""
     from train.pipeline.checks import check_config  # deferred: see main()
 
-    if any(a.startswith("-") for a in argv):  # --cfg, -m, --help ...: leave those to Hydra
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not multirun and any(a.startswith("-") for a in argv):  # --cfg, --help, --info ...: Hydra's own
         return
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
     try:
-        check_config(compose([a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra"))]))
+        check_override_secrets(overrides)
+        for combination in sweep_combinations(overrides) if multirun else [overrides]:
+            check_config(compose(combination))
     except ConfigError as err:
         fail(str(err))
 

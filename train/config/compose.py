@@ -3,11 +3,13 @@ errors as one line (Hydra's own are multi-line)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,6 +40,26 @@ def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConf
             return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(one_line(err)) from err
+
+
+def sweep_combinations(overrides: list[str], limit: int = 64) -> list[list[str]]:
+    """The override lists a `-m` sweep will run (its first `limit`), for checking before Hydra writes anything.
+    Sweeps that need Hydra's config loader (glob) or a sweeper's search space (interval) are left to Hydra."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(one_line(err)) from err
+    choices = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except HydraException:
+            continue
+        choices.append([f"{override.get_key_element()}={v}" for v in values])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
 
 
 def one_line(err: Exception) -> str:

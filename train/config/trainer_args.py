@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from trl import DPOConfig, SFTConfig
 
+from train.config.typecheck import coerce
 from train.core.errors import ConfigError
 
 # Keys the pipeline sets itself: taking them from `*.args` would split one setting across two places.
@@ -37,16 +39,19 @@ NO_SAVING = 10**9  # save_steps when checkpoint.every_steps=0: transformers stil
 
 
 def trainer_args(cfg: DictConfig, stage: str, config_cls: type) -> dict[str, Any]:
-    """`<stage>.args` as a dict, each key checked against `config_cls`'s fields."""
+    """`<stage>.args` as a dict, each key checked against `config_cls`'s fields and each value against the
+    field's type."""
     args = OmegaConf.to_container(cfg[stage].args, resolve=True)
     known = {f.name for f in dataclasses.fields(config_cls)}
-    for key in args:
+    hints = typing.get_type_hints(config_cls)
+    for key, value in args.items():
         if key in PIPELINE_OWNED_KEYS:
             raise ConfigError(f"{stage}.args.{key}: {PIPELINE_OWNED_KEYS[key]}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {stage}.args.{close[0]}?" if close else f"see trl.{config_cls.__name__} for valid keys"
             raise ConfigError(f"{stage}.args.{key}: not a {config_cls.__name__} setting; {hint}")
+        args[key] = coerce(value, hints[key], f"{stage}.args.{key}", config_cls.__name__)
     return args
 
 

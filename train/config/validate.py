@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from train.config.schema import REFERENCE_PLACEMENTS, STAGES
 from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.config.typecheck import check_known_keys
 from train.core.errors import ConfigError
 from train.core.paths import looks_like_local_path
 
-SECRET_KEY = re.compile(r"(token|api_key|apikey|secret|password)$", re.IGNORECASE)
+# A key whose last word names a secret: hub_token, api_key, key, apikey, secret, password, passwd.
+SECRET_KEY = re.compile(r"(^|[._-])(token|key|apikey|secret|password|passwd)$", re.IGNORECASE)
 # What a launcher (accelerate, torchrun, SLURM workers) exports: with these set, building a
 # TrainingArguments starts a process group.
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
@@ -29,6 +31,7 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "G
 
 def validate(cfg: DictConfig) -> None:
     check_no_secrets(OmegaConf.to_container(cfg, resolve=False), "")
+    check_known_keys(cfg)
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage}: choose one of {', '.join(STAGES)}")
     check_beta(cfg.beta)
@@ -74,6 +77,15 @@ def check_deepspeed(ds: DictConfig) -> None:
             raise ConfigError(f"deepspeed.config.zero_optimization.stage={inner} but deepspeed.stage={ds.stage}: make them equal")
         if "train_batch_size" in ds.config:
             raise ConfigError("deepspeed.config.train_batch_size: remove it; it is derived from the batch size and world size at run time")
+
+
+def check_override_secrets(overrides: list[str]) -> None:
+    """The same rule on raw `key=value` overrides, before Hydra writes them anywhere (multirun.yaml, a
+    directory name)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and SECRET_KEY.search(key) and value.strip() not in ("", "null", "None"):
+            raise ConfigError(f"{key}: secrets must not be in the config; set it in the environment (e.g. HF_TOKEN, WANDB_API_KEY)")
 
 
 def check_no_secrets(node: Any, where: str) -> None:
