@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from train.data.validation import DropReason, check_messages, check_text
 
-ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}  # one per validation.CHAT_ROLES
 RESPONSE_KEYS = ("chosen", "rejected", "completion")
 
 

@@ -41,6 +41,8 @@ FIXED = {
     "response_truncated": "a response cut at max_length (kept: the pair still differs)",
 }
 MAX_EXAMPLES = 3  # per reason, enough to find the rows without flooding the report
+# Roles every chat template renders; another (`wizard`) would be rendered wrongly or make the template fail.
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def check_messages(messages, field: str) -> Optional[DropReason]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
             return DropReason("malformed", f"{field}[{i}]")
+        if message["role"] not in CHAT_ROLES:
+            return DropReason("malformed", f"{field}[{i}].role={message['role']!r}")
         problem = check_text(message.get("content"), f"{field}[{i}].content")
         if problem:
             return problem
