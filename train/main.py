@@ -22,6 +22,7 @@ from train.config.validate import check_override_secrets
 from train.core.cli import EXIT_STOPPED, fail
 from train.core.errors import ConfigError, Preempted, TrainingAborted
 from train.core.files import read_json
+from train.core.storage import storage_problem, unwritable
 from train.runtime.slurm import run_on_this_node, submitit_job_environment
 
 register()
@@ -49,6 +50,11 @@ def hydra_main(cfg: DictConfig) -> dict | None:
         print(f"stopped: {stop}", flush=True)
         # Rerun to resume; 0 once the scheduler has requeued the job.
         sys.exit(0 if stop.requeued else EXIT_STOPPED)
+    except Exception as err:  # a full or read-only disk is the user's to fix: one line, not a traceback
+        problem = storage_problem(err, Path(cfg.output_root))
+        if problem is None:
+            raise
+        fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
     if not cfg.dry_run and (run_dir / "results.json").exists():
         print(f"results: {run_dir / 'results.json'}", flush=True)
     return results
@@ -67,7 +73,11 @@ def precheck(argv: list[str]) -> None:
     try:
         check_override_secrets(overrides)
         for combination in sweep_combinations(overrides) if multirun else [overrides]:
-            check_config(compose(combination))
+            cfg = compose(combination)
+            check_config(cfg)
+            problem = unwritable(Path(cfg.output_root))
+            if problem:
+                raise ConfigError(f"output_root={cfg.output_root}: {problem}; set output_root=<a writable directory>")
     except ConfigError as err:
         fail(str(err))
 
