@@ -18,6 +18,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 
 from train.core.errors import ConfigError
+from train.core.files import memoized_sha256
 from train.core.paths import looks_like_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -104,9 +105,12 @@ def describe(err: BaseException) -> str:
     return line(err) if root is err else f"{line(err)} <- {line(root)}"
 
 
-def fingerprint(data: DictConfig) -> list:
-    """What identifies the source's content for the cache: local files by size and mtime."""
+def fingerprint(data: DictConfig, memo_dir: Path) -> list:
+    """What identifies the source's content for the caches: a hub id as given (its revision is in the config);
+    local files as split -> their sha256s in reading order, memoized by size and mtime under `memo_dir`. Never
+    the path: a copied or moved source hits the same caches, a changed file misses (issue 12)."""
     source = None if OmegaConf.is_missing(data, "source") else data.source
     if source is None or not Path(str(source)).expanduser().exists():
         return [source]
-    return [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for fs in local_files(str(source)).values() for f in fs]
+    return [[split, [memoized_sha256(Path(f), memo_dir) for f in files]]
+            for split, files in sorted(local_files(str(source)).items())]

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from trl import DPOConfig, SFTConfig
 
 from train.core.errors import ConfigError
-from train.core.files import write_jsonl
+from train.core.files import remove_orphans, sha256_file, write_jsonl
 from train.core.ranks import is_main_process
 from train.data import synthetic
 from train.data.build import build
@@ -51,6 +51,11 @@ class PreferenceData:
     judge: Optional[Callable[[str], float]]
     files: dict[str, str]
     report: dict = field(default_factory=dict)  # validation report: rows kept, dropped/fixed by reason
+
+    def content_fingerprint(self) -> str:
+        """sha256 of the prepared training pairs' file: what a resumed run must train on. Unlike datasets'
+        fingerprint of the loaded split, it does not change with the file's path (a copied output root: issue 12)."""
+        return sha256_file(Path(self.files["train_pairs"]))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -124,14 +129,26 @@ def tokenizer_identity(tokenizer) -> Optional[str]:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
+def hash_memo_dir(cfg: DictConfig) -> Path:
+    """Where the sha256s of local source and model files are memoized (swept with the rest of data/)."""
+    return Path(cfg.output_root) / "data" / "sha256"
+
+
+def data_identity(cfg: DictConfig) -> dict:
+    """The data config as cache keys see it: data.source by content when it is local, so a copied or moved
+    source keeps its prepared data and its SFT model; a hub id stays as given (issue 12)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data["source"] = fingerprint(cfg.data, hash_memo_dir(cfg))
+    return data
+
+
 def cache_key(cfg: DictConfig, tokenizer, lengths: dict) -> str:
     code = sorted((p.name, p.read_bytes()) for p in Path(__file__).parent.glob("*.py"))  # a converter edit invalidates
     inputs = {
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "data": data_identity(cfg),
         "seed": cfg.seed,
         "lengths": lengths,
         "tokenizer": tokenizer_identity(tokenizer),
-        "source": fingerprint(cfg.data) if cfg.data.name != "synthetic" else None,
         "code": hashlib.sha256(repr(code).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -145,6 +162,8 @@ def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
     converts for itself. The report is written last, so its presence means the directory is complete."""
     source, opts = get_source(cfg.data.name), resolve_options(cfg.data)
     lengths = trainer_lengths(cfg)
+    # Temp files of interrupted writes (prepared splits, generated data, hash memos) and stale locks.
+    remove_orphans(Path(cfg.output_root) / "data", depth=3)
     directory = Path(cfg.output_root) / "data" / "prepared" / f"{cfg.data.name}-{cache_key(cfg, tokenizer, lengths)}"
     files = {split: str(directory / f"{split}.jsonl") for split in SPLITS}
     report_path = directory / "report.json"

@@ -9,7 +9,6 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from train import seams
 from train.core.errors import Preempted
 from train.core.files import append_jsonl, mark_complete
 from train.core.memory import peak_rss_mb
@@ -79,7 +78,7 @@ def run_signature(cfg: DictConfig, trainer, data: PreferenceData) -> dict:
         "world_size": world,
         "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
         "seed": cfg.seed,
-        "data": seams.dataset_fingerprint(data.train_pairs),
+        "data": data.content_fingerprint(),
     }
 
 

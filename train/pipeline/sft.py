@@ -11,8 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from train.core.errors import ConfigError
-from train.core.files import is_complete, mark_complete
+from train.core.files import is_complete, mark_complete, memoized_sha256, remove_orphans
 from train.data import PreferenceData
+from train.data.preference import data_identity, hash_memo_dir
 from train.models.loading import load_tokenizer
 from train.pipeline.results import SFTResult
 from train.runtime import tracking
@@ -22,11 +23,24 @@ from train.trainer.throughput import ThroughputCallback
 
 
 def sft_output_dir(cfg: DictConfig) -> Path:
-    """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it."""
-    inputs = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "sft")}
+    """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it.
+    Local model and data paths enter by content: a moved output root (the tiny model lives under it) or a
+    copied model or data directory still finds its SFT model (issue 12)."""
+    inputs = {"model": model_identity(cfg), "data": data_identity(cfg), "sft": OmegaConf.to_container(cfg.sft, resolve=True)}
     inputs["seed"] = cfg.seed
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.output_root).resolve() / "sft" / key
+
+
+def model_identity(cfg: DictConfig) -> dict:
+    """The model config with a local name_or_path as its files' sha256s (memoized by size and mtime, so a
+    large model is read once per location); a hub id stays as given, its revision is in the config."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    path = Path(str(model["name_or_path"])).expanduser()
+    if path.is_dir():
+        memo = hash_memo_dir(cfg)
+        model["name_or_path"] = {p.name: memoized_sha256(p, memo) for p in sorted(path.iterdir()) if p.is_file()}
+    return model
 
 
 def require_model(path: Path, stage: str) -> Path:
@@ -52,6 +66,7 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     start = time.perf_counter()
     wandb_run = tracking.start_run(cfg, resolved, out.parent, "sft", f"sft-{out.name}")
     work = out.with_name(out.name + ".tmp")
+    remove_orphans(out.parent, claim=work)  # interrupted SFT outputs, kept while a live run claims them
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
                                 {**extra, "report_to": tracking.report_to(wandb_run)})

@@ -17,8 +17,11 @@ The key covers, explicitly:
   settings   max_length, truncation_mode, pad_to_multiple_of, padding_free, ld_alpha, pad token id,
              chat template, TRL version
 A file is used only if its metadata (written last, after the log-probs) repeats every part of the
-key and the row count; anything else is recomputed and replaced (written under a run's own name, then
-renamed over the entry, so concurrent jobs of a sweep never see a partial file).
+key and the row count, and the file's sha256 is the one recorded there (a file changed in place, same
+size, would otherwise train every later run of the sweep against wrong numbers: issue 12); anything
+else is recomputed and replaced (written under a run's own name, then renamed over the entry, so
+concurrent jobs of a sweep never see a partial file). Partial files of interrupted writes are removed
+when the directory is next opened.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import snapshot_download
 
 from train import seams
-from train.core.files import atomic_write_text
+from train.core.files import atomic_write_text, remove_orphans, sha256_file
 
 FORMAT = 1
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -128,7 +131,8 @@ def key_parts(trainer, dataset, memo_dir: Path) -> dict[str, Any]:
 
 class ReferenceLogpsCache:
     """`<directory>/<key>.arrow` (the two log-prob columns, one row per pair) and `<key>.json`
-    (the key's parts and the row count, written last: its presence means the arrow file is complete)."""
+    (the key's parts, the row count and the arrow file's sha256, written last: its presence means the
+    arrow file is complete)."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -140,25 +144,37 @@ class ReferenceLogpsCache:
         return self.directory / f"{key}.json"
 
     def lookup(self, key: str, parts: dict) -> Path | None:
-        """The arrow file for `key`, only if its metadata matches `parts` and the file holds every row."""
+        """The arrow file for `key`, only if its metadata matches `parts`, its bytes match the recorded
+        sha256 (read in 1 MiB blocks: 2 floats per pair, small next to the pass it saves) and it holds every row."""
         arrow, meta = self.arrow_path(key), self.meta_path(key)
         if not (arrow.exists() and meta.exists()):
             return None
+        rows = parts["data"]["rows"]
         try:
             saved = json.loads(meta.read_text())
+        except Exception:  # unreadable: treated as absent, recomputed
+            return None
+        if saved.get("parts") != json.loads(json.dumps(parts, default=str)) or saved.get("rows") != rows:
+            return None
+        # Before the file is opened: a changed byte may be in the log-probs (opens fine, wrong numbers) or in
+        # the framing (fails to open); either way the entry is recomputed, saying so. An entry without a
+        # checksum predates them and is not trusted either.
+        if saved.get("sha256") != sha256_file(arrow):
+            print(f"reference log-probs: {arrow} fails its checksum; recomputing", flush=True)
+            return None
+        try:
             table = Dataset.from_file(str(arrow))
         except Exception:  # unreadable or truncated: treated as absent, recomputed
-            return None
-        rows = parts["data"]["rows"]
-        if saved.get("parts") != json.loads(json.dumps(parts, default=str)) or saved.get("rows") != rows:
             return None
         if table.num_rows != rows or not set(LOGP_COLUMNS) <= set(table.column_names):
             return None
         return arrow
 
     def commit(self, key: str, parts: dict, seconds: float) -> None:
-        record = {"key": key, "parts": parts, "rows": parts["data"]["rows"], "compute_s": round(seconds, 3),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # Hashed as it stands under its final name: if a concurrent job renamed its own file over it in
+        # between, the pair may disagree, and the next lookup recomputes rather than trusting either.
+        record = {"key": key, "parts": parts, "rows": parts["data"]["rows"], "sha256": sha256_file(self.arrow_path(key)),
+                  "compute_s": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(self.meta_path(key), json.dumps(record, indent=1, default=str))
 
 
@@ -181,6 +197,7 @@ def precompute_with_cache(trainer, compute: Callable, dataset, name: str, batch_
     decision = None
     if main:
         directory.mkdir(parents=True, exist_ok=True)
+        remove_orphans(directory)  # partial entries of interrupted passes; never one a live job is writing
         parts = key_parts(trainer, dataset, directory)
         key = digest(parts)
         # TRL broadcasts the main process's fingerprint too (dataset fingerprints differ between ranks:
