@@ -11,6 +11,7 @@ data.source is
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -46,13 +47,17 @@ def local_files(source: str) -> dict[str, list[str]]:
     if path.is_file():
         if file_format(str(path)) is None:
             raise ConfigError(f"data.source={source}: not a .jsonl, .json, .parquet or .csv file")
-        return {"train": [str(path)]}
-    files = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p.name) and not p.name.startswith("."))
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p.name) and not p.name.startswith("."))
     if not files:
         raise ConfigError(f"data.source={source}: no .jsonl, .json, .parquet or .csv files in this directory")
     splits: dict[str, list[str]] = {}
     for file in files:
-        splits.setdefault(split_name(file), []).append(str(file))
+        splits.setdefault("train" if path.is_file() else split_name(file), []).append(str(file))
+    empty = [f for fs in splits.values() for f in fs if os.path.getsize(f) == 0]
+    if empty:  # the json builder fails on one with a bare StopIteration
+        raise ConfigError(f"data.source={source}: {empty[0]} is empty; remove it or point data.source at the data")
     if len(splits) == 1:  # one kind of file, whatever its name (all.jsonl, comparisons.parquet): the training rows
         return {"train": next(iter(splits.values()))}
     if "all" in splits:

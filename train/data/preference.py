@@ -170,7 +170,11 @@ def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{directory}.lock"):
         if not report_path.exists():
-            rows, report = build(cfg, source, opts, read_native(cfg), tokenizer, lengths)
+            try:
+                rows, report = build(cfg, source, opts, read_native(cfg), tokenizer, lengths)
+            except UnicodeDecodeError as err:  # datasets decodes text columns lazily, row by row
+                raise ConfigError(f"data.source={cfg.data.source}: not UTF-8 text ({err.reason}: byte "
+                                  f"{err.object[err.start:err.start + 1]!r}); re-save the file as UTF-8") from err
             directory.mkdir(exist_ok=True)
             for split in SPLITS:
                 write_jsonl(Path(files[split]), rows[split])

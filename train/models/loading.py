@@ -24,10 +24,22 @@ def ensure_base_model(cfg: DictConfig) -> str:
     return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(0), seed=0))
 
 
+# What a saved tokenizer consists of, by kind (fast, sentencepiece, BPE vocab, WordPiece): a model directory
+# with none of them (weights copied without the tokenizer) made transformers ask for sentencepiece instead.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
+
+
 def load_tokenizer(cfg: DictConfig, path: str):
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
-    )
+    if Path(path).is_dir() and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
+        raise ConfigError(f"model {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy them "
+                          "from the model it was trained from (tokenizer.save_pretrained(<dir>))")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
+    except (OSError, ValueError) as err:  # hub unreachable, gated, or files the library cannot read
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"model {path}: could not load its tokenizer ({first})") from err
     if cfg.model.chat_template is not None:
         tokenizer.chat_template = cfg.model.chat_template
     if cfg.data.conversational and tokenizer.chat_template is None:

@@ -12,6 +12,7 @@ GPU machines this is a no-op: transformers' own setup (nccl) is right there.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,11 @@ def needs_cpu_gloo_workaround() -> bool:
 def setup_process_group(use_deepspeed: bool, timeout_s: int) -> dict[str, Any]:
     """Start the process group if the workaround applies; returns the TrainingArguments kwargs that keep it
     (the trainer-config builders' `extra`)."""
+    if use_deepspeed and "WORLD_SIZE" not in os.environ:
+        # DeepSpeed needs a process group even for one process (ZeRO-Offload on one GPU): what `accelerate
+        # launch` would export. Without it: "Default process group has not been initialized" at the first step.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if not needs_cpu_gloo_workaround():
         return {}
     # Building any TrainingArguments (validation does) already created a backend-less state: start over.
@@ -47,6 +53,12 @@ def setup_process_group(use_deepspeed: bool, timeout_s: int) -> dict[str, Any]:
         # gradient all-reduce (every rank training on its own) while still sharding the data.
         PartialState(cpu=True, backend="gloo", timeout=timeout)
     return {"accelerator_config": {"use_configured_state": True}, "ddp_backend": "gloo"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def local_numel(model) -> int:

@@ -1,0 +1,51 @@
+"""Bad input that used to end in a library traceback (issue 12): one line that says what to change."""
+
+import shutil
+
+import pytest
+
+from conftest import read_results, run_train
+from train.config.compose import compose
+from train.core.errors import ConfigError
+from train.data import prepare
+from train.models.loading import ensure_base_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    return root, ensure_base_model(compose([f"output_root={root}"]))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"prompt": "a", "chosen": "b\xff\xfe", "rejected": "c"}\n', "not UTF-8 text"),
+    (b"", "is empty; remove it or point data.source at the data"),
+])
+def test_unreadable_data_files_are_one_line(content, message, tiny_dir, tmp_path):
+    root, model = tiny_dir
+    source = tmp_path / "pairs.jsonl"
+    source.write_bytes(content)
+    cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}"])
+    with pytest.raises(ConfigError, match=message) as err:
+        prepare(cfg, load_tokenizer(cfg, model))
+    assert str(source) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_directory_without_its_tokenizer_is_named(tiny_dir, tmp_path):
+    root, model = tiny_dir
+    weights_only = tmp_path / "model"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{model}/{name}", weights_only / name)
+    cfg = compose([f"model.name_or_path={weights_only}", "model.tiny=null", f"output_root={root}"])
+    with pytest.raises(ConfigError, match=f"model {weights_only} has no tokenizer files"):
+        load_tokenizer(cfg, str(weights_only))
+
+
+@pytest.mark.slow
+def test_deepspeed_on_one_process_without_a_launcher_runs(tmp_path):
+    """ZeRO on one process (ZeRO-Offload on one GPU) needs a process group: the run makes a 1-process one."""
+    proc = run_train("debug=fast", "sft.enabled=false", "eval.enabled=false", "deepspeed=zero2",
+                     "+dpo.args.max_steps=2", output_root=tmp_path, env={"WORLD_SIZE": None, "RANK": None})
+    results = read_results(proc)
+    assert (results["distributed"]["zero_stage"], results["distributed"]["world_size"], results["dpo"]["steps"]) == (2, 1, 2)
