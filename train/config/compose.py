@@ -3,8 +3,11 @@ errors as one line (Hydra's own are multi-line)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 from pathlib import Path
+from typing import Optional
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -20,9 +23,32 @@ from train.core.errors import ConfigError
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def run_name(override_dirname: str) -> str:
-    # One directory level: a path in an override (model.name_or_path=/a/b) must not nest directories.
-    return override_dirname.replace("/", "_") or "default"
+MAX_RUN_NAME = 96  # characters; file names stop at 255 bytes, and a run name also names W&B runs
+UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")  # what else could nest directories or need quoting in a shell
+
+
+def run_name(override_dirname: str, name: Optional[str] = None) -> str:
+    """The run directory's name: `name=` when given, else the overrides (`beta.value=0.2,debug=fast`).
+    Deterministic (every rank, every restart); one directory level; a path value becomes its last part plus
+    a hash of the whole path; past MAX_RUN_NAME characters, a readable prefix plus a hash of all overrides."""
+    if name:
+        return UNSAFE.sub("_", str(name)).lstrip(".")[:MAX_RUN_NAME] or "default"
+    if not override_dirname:
+        return "default"
+    parts = []
+    for item in override_dirname.split(","):
+        key, sep, value = item.partition("=")
+        if "/" in value or "\\" in value:
+            value = f"{Path(value.rstrip('/')).name}-{digest(value, 6)}"
+        parts.append(f"{key}{sep}{value}")
+    readable = UNSAFE.sub("_", ",".join(parts)).lstrip(".")
+    if len(readable) <= MAX_RUN_NAME:
+        return readable
+    return f"{readable[:MAX_RUN_NAME - 13].rstrip(',_')}-{digest(override_dirname, 12)}"
+
+
+def digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def register() -> None:

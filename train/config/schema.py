@@ -192,4 +192,5 @@ class MainConfig:
     dry_run: bool = MISSING  # build everything, print a summary, stop before training
     output_root: str = MISSING  # runs/, sweeps/, sft/ and models/ live under it
     experiment: str = MISSING  # experiment name: W&B group default, a label in results, the sweep directory
+    name: Optional[str] = MISSING  # run directory name under output_root/runs; null: made from the overrides
     nproc_per_node: int = MISSING  # processes per node in SLURM jobs
