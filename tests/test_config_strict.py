@@ -25,11 +25,23 @@ REPO = Path(__file__).resolve().parent.parent
     (["sft.args.max_length=1.5"], "sft.args.max_length=1.5: SFTConfig expects an integer or null"),
     (["dpo.args.gradient_checkpointing=maybe"], "dpo.args.gradient_checkpointing='maybe': DPOConfig expects true or false"),
     (["dpo.args.loss_type=[1]"], "dpo.args.loss_type=[1]: DPOConfig expects a list of a string"),
+    # Silent no-ops and late failures (issue 13), now refused at start:
+    (["dpo.args.loss_type=[foo]"], "dpo.args.loss_type: 'foo' is not a TRL loss type; choose from sigmoid, hinge, ipo"),
+    (["dpo.args.report_to=[wandb]"], "dpo.args.report_to: W&B is set by the wandb group"),
+    (["sft.args.report_to=[no_such_reporter]"], "sft.args.report_to: no_such_reporter is not installed"),
+    (["+dpo.args.push_to_hub=true"], "dpo.args.push_to_hub=true: no Hugging Face token"),
+    (["model.chat_template=chatml2"], "model.chat_template=chatml2: not a known template (chatml), a file, or a Jinja"),
 ])
-def test_unknown_keys_and_mistyped_values_are_refused(overrides, message):
+def test_unknown_keys_and_mistyped_values_are_refused(overrides, message, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError) as err:
         check_config(compose(overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_known_template_names_and_loss_types_pass():
+    check_config(compose(["model.chat_template=chatml", "dpo.args.loss_type=[sigmoid,ipo]", "+dpo.args.loss_weights=[1.0,0.5]"]))
 
 
 def test_pass_throughs_still_take_new_keys_and_numeric_text():

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers.integrations import get_available_reporting_integrations
 from trl import DPOConfig, SFTConfig
 
 from train.config.typecheck import coerce
@@ -38,6 +40,37 @@ PIPELINE_OWNED_KEYS = {
 NO_SAVING = 10**9  # save_steps when checkpoint.every_steps=0: transformers still saves at the last step
 
 
+def dpo_loss_types() -> list[str]:
+    """The loss types TRL's DPOTrainer implements, read from DPOConfig's own documentation of the field (TRL
+    exports no list; its trainer raises "Unknown loss type" only at the first step)."""
+    field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
+    return re.findall(r"`'(\w+)'`", field.metadata.get("help", ""))
+
+
+def check_loss_types(args: dict[str, Any]) -> None:
+    known = dpo_loss_types()
+    given = args.get("loss_type", [])
+    for name in [given] if isinstance(given, str) else given:
+        if known and name not in known:
+            raise ConfigError(f"dpo.args.loss_type: {name!r} is not a TRL loss type; choose from {', '.join(known)}")
+
+
+def check_reporters(stage: str, args: dict[str, Any]) -> None:
+    """Reporters besides W&B are honoured when installed; W&B itself is the wandb group's (one run per stage,
+    offline fallback), so listing it here would start a second, unmanaged run."""
+    given = args.get("report_to") or []
+    names = [given] if isinstance(given, str) else list(given)
+    names = [n for n in names if n != "none"]
+    if "wandb" in names or "all" in names:
+        raise ConfigError(f"{stage}.args.report_to: W&B is set by the wandb group (wandb.enabled, wandb.mode); "
+                          "list only other reporters, e.g. [tensorboard]")
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(f"{stage}.args.report_to: {', '.join(missing)} is not installed; pip install it into .venv "
+                          "or remove it from report_to")
+    args["report_to"] = names
+
+
 def trainer_args(cfg: DictConfig, stage: str, config_cls: type) -> dict[str, Any]:
     """`<stage>.args` as a dict, each key checked against `config_cls`'s fields and each value against the
     field's type."""
@@ -52,6 +85,7 @@ def trainer_args(cfg: DictConfig, stage: str, config_cls: type) -> dict[str, Any
             hint = f"did you mean {stage}.args.{close[0]}?" if close else f"see trl.{config_cls.__name__} for valid keys"
             raise ConfigError(f"{stage}.args.{key}: not a {config_cls.__name__} setting; {hint}")
         args[key] = coerce(value, hints[key], f"{stage}.args.{key}", config_cls.__name__)
+    check_reporters(stage, args)
     return args
 
 
@@ -98,7 +132,9 @@ def build_sft_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | 
 
 
 def build_dpo_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> DPOConfig:
-    kwargs = common_kwargs(cfg, trainer_args(cfg, "dpo", DPOConfig), output_dir)
+    args = trainer_args(cfg, "dpo", DPOConfig)
+    check_loss_types(args)
+    kwargs = common_kwargs(cfg, args, output_dir)
     kwargs["beta"] = cfg.beta.value
     kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
     every = cfg.checkpoint.every_steps

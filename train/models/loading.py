@@ -24,6 +24,29 @@ def ensure_base_model(cfg: DictConfig) -> str:
     return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(0), seed=0))
 
 
+# Templates known by name (model.chat_template=chatml): ChatML, as Qwen and many fine-tunes use it.
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+}
+
+
+def resolve_chat_template(value: str) -> str:
+    """model.chat_template: a known name, a .jinja file, or a Jinja string (`chatml` used to become the
+    literal template "chatml")."""
+    if value in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[value]
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text()
+    raise ConfigError(f"model.chat_template={value}: not a known template ({', '.join(CHAT_TEMPLATES)}), a file, "
+                      "or a Jinja template string")
+
+
 # What a saved tokenizer consists of, by kind (fast, sentencepiece, BPE vocab, WordPiece): a model directory
 # with none of them (weights copied without the tokenizer) made transformers ask for sentencepiece instead.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
@@ -41,7 +64,7 @@ def load_tokenizer(cfg: DictConfig, path: str):
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"model {path}: could not load its tokenizer ({first})") from err
     if cfg.model.chat_template is not None:
-        tokenizer.chat_template = cfg.model.chat_template
+        tokenizer.chat_template = resolve_chat_template(cfg.model.chat_template)
     if cfg.data.conversational and tokenizer.chat_template is None:
         raise ConfigError(
             f"model {path} has no chat template but data.conversational=true: set model.chat_template or data.conversational=false"

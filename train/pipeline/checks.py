@@ -6,6 +6,8 @@ from omegaconf import DictConfig
 
 from train import data
 from train.config.validate import validate
+from train.models.loading import resolve_chat_template
+from train.runtime.hub import check_push_to_hub
 from train.trainer import beta
 
 
@@ -14,3 +16,6 @@ def check_config(cfg: DictConfig) -> None:
     beta.check(cfg.beta)
     data.check_config(cfg)
     validate(cfg)
+    if cfg.model.chat_template is not None:
+        resolve_chat_template(cfg.model.chat_template)
+    check_push_to_hub(cfg)

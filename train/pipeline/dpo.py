@@ -30,7 +30,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     start = time.perf_counter()
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_dpo_trainer(cfg, str(reference), data, load_tokenizer(cfg, str(reference)), run_dir / "dpo",
-                                {**extra, "report_to": tracking.report_to(wandb_run)})
+                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))})
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     signature = run_signature(cfg, trainer, data)

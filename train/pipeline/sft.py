@@ -69,7 +69,7 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     remove_orphans(out.parent, claim=work)  # interrupted SFT outputs, kept while a live run claims them
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
-                                {**extra, "report_to": tracking.report_to(wandb_run)})
+                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     trainer.train()
     trainer.save_model(str(work))

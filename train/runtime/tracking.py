@@ -97,9 +97,11 @@ def stored_run_id(run_dir: Path, cfg: DictConfig) -> Optional[str]:
     return path.read_text().strip() if cfg.resume.enabled and path.exists() else None
 
 
-def report_to(run) -> list[str]:
-    """The trainers' report_to: their WandbCallback attaches to the run started here."""
-    return ["wandb"] if run is not None else []
+def report_to(run, others=None) -> list[str]:
+    """The trainers' report_to: the user's other reporters (`*.args.report_to`), and W&B when a run was
+    started here (the trainers' WandbCallback attaches to it)."""
+    others = [others] if isinstance(others, str) else list(others or [])
+    return [n for n in others if n != "none"] + (["wandb"] if run is not None else [])
 
 
 def run_info(run, cfg: DictConfig) -> dict:
