@@ -1,25 +1,64 @@
-"""dry_run=true: build data, model, tokenizer and both trainer configs, print a summary, stop."""
+"""dry_run=true: build data, model, tokenizer and both trainer configs, print what the run would do, stop."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from train.config.trainer_args import build_dpo_config, build_sft_config
 from train.config.validate import single_process_view
+from train.core.ranks import world_size
 from train.data import PreferenceData
+from train.data.validation import token_ids
 from train.models.loading import count_parameters, load_model, load_tokenizer
 from train.pipeline.sft import sft_output_dir
+
+TOKEN_BATCH = 512
+
+
+def optimizer_steps(args, rows: int, processes: int) -> dict:
+    """Optimizer steps and the effective global batch of a stage, as the trainer will count them."""
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    per_epoch = math.ceil(rows / global_batch) if rows else 0
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(per_epoch * args.num_train_epochs)
+    return {"optimizer_steps": steps, "global_batch": global_batch, "epochs": args.num_train_epochs,
+            "warmup_steps": args.warmup_steps}
+
+
+def plan_warnings(stage: str, plan: dict, rows: int) -> list[str]:
+    """What a user would want to hear before a stage trains, not after: a stage of one optimizer step, and
+    warmup that outlasts training (warmup_steps under 1 is a fraction of the steps in transformers 5)."""
+    steps, warmup = plan["optimizer_steps"], plan["warmup_steps"]
+    out = []
+    if steps <= 1:
+        out.append(f"warning: {stage} runs {steps} optimizer step(s) ({rows} rows, global batch {plan['global_batch']}): "
+                   f"lower {stage}.args.per_device_train_batch_size or give it more data")
+    if warmup >= 1 and warmup >= steps > 0:
+        out.append(f"warning: {stage}.args.warmup_steps={warmup:g} >= its {steps} optimizer steps: the learning rate "
+                   f"never reaches its peak; lower warmup_steps")
+    return out
+
+
+def token_count(tokenizer, dataset, responses: tuple[str, ...], conversational: bool, max_length) -> int:
+    """Tokens the trainer will process (each sequence capped at max_length), prompt counted per response."""
+    total = 0
+    for start in range(0, len(dataset), TOKEN_BATCH):
+        batch = dataset[start:start + TOKEN_BATCH]
+        _, full = token_ids(tokenizer, batch["prompt"], [batch[k] for k in responses], conversational, tokenizer.eos_token)
+        total += sum(min(len(ids), max_length or len(ids)) for column in full for ids in column)
+    return total
 
 
 def dry_run(cfg: DictConfig, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
     tokenizer = load_tokenizer(cfg, base_path)
     model = load_model(cfg, base_path)
     with single_process_view():
-        build_sft_config(cfg, run_dir / "sft-dry-run")
-        build_dpo_config(cfg, run_dir / "dpo-dry-run")
+        sft_args = build_sft_config(cfg, run_dir / "sft-dry-run")
+        dpo_args = build_dpo_config(cfg, run_dir / "dpo-dry-run")
+    processes, conversational = world_size(), cfg.data.conversational
     summary = {
         "dry_run": True,
         "run_dir": str(run_dir),
@@ -27,7 +66,20 @@ def dry_run(cfg: DictConfig, base_path: str, data: PreferenceData, run_dir: Path
         "parameters": count_parameters(model),
         "vocab": len(tokenizer),
         "rows": {k: len(getattr(data, k)) for k in ("sft", "train_pairs", "test_pairs", "eval_prompts")},
+        "processes": processes,
+        "sft": {**optimizer_steps(sft_args, len(data.sft), processes), "enabled": cfg.sft.enabled,
+                "tokens_per_epoch": token_count(tokenizer, data.sft, ("completion",), conversational, sft_args.max_length)},
+        "dpo": {**optimizer_steps(dpo_args, len(data.train_pairs), processes), "enabled": cfg.dpo.enabled,
+                "tokens_per_epoch": token_count(tokenizer, data.train_pairs, ("chosen", "rejected"), conversational,
+                                                dpo_args.max_length)},
         "sft_dir": str(sft_output_dir(cfg)),
     }
+    for stage in ("sft", "dpo"):
+        s = summary[stage]
+        for line in plan_warnings(stage, s, summary["rows"]["sft" if stage == "sft" else "train_pairs"]):
+            print(line, flush=True)
+        print(f"plan: {stage}: {s['optimizer_steps']} optimizer steps of {s['global_batch']} "
+              f"{'pairs' if stage == 'dpo' else 'rows'} on {processes} process(es), {s['tokens_per_epoch']} tokens "
+              f"per epoch{'' if s['enabled'] else ' (stage off)'}", flush=True)
     print("dry run: " + json.dumps(summary), flush=True)
     return summary
