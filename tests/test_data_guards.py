@@ -7,6 +7,7 @@ import time
 import pytest
 
 from train.config.compose import compose
+from train.core.errors import ConfigError
 from train.data import prepare
 from train.data.build import cut_long_texts, longest_token_chars
 from train.data.rows import ROLE_NAMES
@@ -72,3 +73,13 @@ def test_a_huge_prompt_is_dropped_as_too_long_without_tokenizing(tokenizer):
     rows = [{"prompt": "x " * 10_000_000, "chosen": "a", "rejected": "b", "_where": "train#7"}]
     assert cut_long_texts(rows, tally, tokenizer, 64, "keep_start") == []
     assert tally.counts["dropped"]["prompt_too_long"] == 1
+
+
+def test_columns_that_do_not_match_the_file_are_named_with_what_it_has(root, tmp_path, tokenizer):
+    source = tmp_path / "pairs.csv"
+    source.write_text("question,good,bad\n" + "".join(f"q{i},g{i},b{i}\n" for i in range(10)))
+    cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}", "data.columns.prompt=question"])
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg, tokenizer)
+    assert str(err.value) == (f"data.columns.chosen=chosen: {source} has no column 'chosen'; its columns: question, good, "
+                              "bad; set data.columns.chosen=<one of them>")

@@ -120,11 +120,21 @@ def finish(rows: list[dict], tally: Tally, tokenizer, conversational: bool, max_
     return kept, [{f: v for f, v in r.items() if f != "_where"} for r, k in zip(presented, keep) if k]
 
 
+def check_columns_exist(columns: dict, available: list[str], source) -> None:
+    """A data.columns name the file lacks would drop every row as missing_field: name it, list what is there."""
+    for field, name in columns.items():
+        if name and name.split(".")[0] not in available:
+            raise ConfigError(f"data.columns.{field}={name}: {source} has no column {name.split('.')[0]!r}; its columns: "
+                              f"{', '.join(available)}; set data.columns.{field}=<one of them>")
+
+
 def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, lengths: dict) -> tuple[dict, dict]:
     """-> ({sft, train_pairs, test_pairs, eval_prompts: rows}, report)."""
     data, conversational = cfg.data, cfg.data.conversational
     if data.train_split not in splits:
         raise ConfigError(f"data.train_split={data.train_split}: the source has splits {', '.join(sorted(splits))}")
+    if source.uses_columns:
+        check_columns_exist(opts["columns"], splits[data.train_split].column_names, data.source)
     tally = Tally()
     train = convert_rows(splits[data.train_split], source.convert, opts, tally, data.train_split)
     if data.test_split and data.test_split in splits and data.test_split != data.train_split:
