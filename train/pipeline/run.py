@@ -20,10 +20,12 @@ from train.pipeline.results import add_dpo, add_eval, add_sft, start_results, wr
 from train.pipeline.sft import require_model, run_sft, sft_output_dir
 from train.runtime import tracking
 from train.runtime.distributed import check_offload_memory
+from train.runtime.safe_load import enforce_weights_only
 
 
 def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
+    enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank (issue 12)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_path = ensure_base_model(cfg)
     check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())

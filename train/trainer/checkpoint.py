@@ -5,6 +5,12 @@ the data position). A checkpoint is complete once every rank has written, a barr
 main process has found every expected file and then written `COMPLETE` last; only complete
 checkpoints are resumed from, and old ones are deleted only after a newer one is complete. transformers'
 own rotation (save_total_limit) deletes before that point, so rotation is ours.
+
+Before COMPLETE the main process also writes a manifest (every file's size and sha256, issue 12). Resume
+takes the newest complete checkpoint whose files still match it: one changed in place, truncated, added
+or removed after the save is set aside as `<name>.damaged` with one line naming the file, and the previous
+complete checkpoint is used (or training starts over, saying so). The chosen checkpoint's pickled files
+must load weights-only (train/runtime/safe_load.py), or the run stops in one line naming the file.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 
 from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete
+from train.core.manifest import manifest_problem, write_manifest
 from train.runtime import faults
+from train.runtime.safe_load import pickled_files, unsafe_globals
 
 SIGNATURE = "run_signature.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -65,6 +75,7 @@ class CompleteCheckpointCallback(TrainerCallback):
             if missing:
                 raise RuntimeError(f"checkpoint {checkpoint} is missing {', '.join(missing)}")
             (checkpoint / SIGNATURE).write_text(json.dumps(self.signature, indent=2))
+            write_manifest(checkpoint)  # after every other file, before the marker: it covers them all
             mark_complete(checkpoint)  # last: the checkpoint now counts
             complete = [c for c in checkpoints(checkpoint.parent) if is_complete(c)]
             for old in complete[: -self.keep]:
@@ -75,15 +86,41 @@ class CompleteCheckpointCallback(TrainerCallback):
 
 def find_resume_checkpoint(directory: Path, signature: dict[str, Any], allow_changes: bool,
                            world_size: int, deepspeed: bool) -> Path | None:
-    """Newest complete checkpoint, checked against this run; incomplete ones are reported and skipped."""
+    """Newest complete, undamaged checkpoint, checked against this run. The main process decides (hashing a
+    checkpoint once, printing each line once) and tells the other ranks, which all raise its refusal."""
+    state = PartialState()
+    decision: list = [None]
+    error: Exception | None = None
+    if state.is_main_process:
+        try:
+            found = choose_checkpoint(directory, signature, allow_changes, world_size, deepspeed)
+            decision = [("resume", str(found) if found else None)]
+        except ConfigError as err:
+            decision = [("refuse", str(err))]
+        except Exception as err:  # still tell the others: they would wait in the broadcast until the timeout
+            decision, error = [("fail", f"{type(err).__name__}: {err}")], err
+    if state.num_processes > 1:
+        broadcast_object_list(decision)
+    if error is not None:
+        raise error
+    kind, value = decision[0]
+    if kind == "refuse":
+        raise ConfigError(value)
+    if kind == "fail":
+        raise RuntimeError(f"the main process failed while choosing a checkpoint: {value}")
+    return Path(value) if value else None
+
+
+def choose_checkpoint(directory: Path, signature: dict[str, Any], allow_changes: bool,
+                      world_size: int, deepspeed: bool) -> Path | None:
     candidates = checkpoints(directory)
     complete = [c for c in candidates if is_complete(c)]
     for c in candidates:
         if not is_complete(c) and (not complete or c.name != complete[-1].name):
             print(f"resume: ignoring incomplete checkpoint {c}", flush=True)
-    if not complete:
+    newest = newest_undamaged(complete)
+    if newest is None:
         return None
-    newest = complete[-1]
     saved = json.loads((newest / SIGNATURE).read_text())
     changed = {k: (saved.get(k), v) for k, v in signature.items() if saved.get(k) != v}
     if changed and not allow_changes:
@@ -93,4 +130,33 @@ def find_resume_checkpoint(directory: Path, signature: dict[str, Any], allow_cha
         missing = missing_files(newest, world_size, deepspeed)
         if missing:
             raise ConfigError(f"cannot resume {newest}: missing {', '.join(missing)}; delete it to fall back to an older checkpoint")
+    check_weights_only(newest, deepspeed)
     return newest
+
+
+def newest_undamaged(complete: list[Path]) -> Path | None:
+    """The newest of `complete` whose manifest verifies. Damaged ones are renamed `<name>.damaged` (kept
+    to inspect, out of the way of the checkpoint that training writes again under that name)."""
+    for i in range(len(complete) - 1, -1, -1):
+        problem = manifest_problem(complete[i])
+        if problem is None:
+            return complete[i]
+        then = f"falling back to {complete[i - 1].name}" if i else "no complete checkpoint left: starting over"
+        print(f"resume: {complete[i].name} is damaged ({problem}); {then}", flush=True)
+        aside = complete[i].with_name(f"{complete[i].name}.damaged")
+        shutil.rmtree(aside, ignore_errors=True)  # an older damaged copy of the same step
+        complete[i].rename(aside)
+    return None
+
+
+def check_weights_only(checkpoint: Path, deepspeed: bool) -> None:
+    """Refuse a checkpoint with a pickled file that would need more than weights-only loading. Its manifest
+    verified, so it was written that way (by hand, or by a library newer than the allowlist): say which."""
+    for path in pickled_files(checkpoint):
+        unsafe = unsafe_globals(path, deepspeed)
+        if unsafe != []:
+            why = (f"needs types outside the weights-only allowlist ({', '.join(unsafe)})" if unsafe
+                   else "is not a torch.save zip archive, the only format resumed")
+            raise ConfigError(f"cannot resume {checkpoint}: {path.relative_to(checkpoint)} {why}; it is not "
+                              f"loaded (train/runtime/safe_load.py lists the allowed types); delete "
+                              f"{checkpoint.name} to fall back to an older checkpoint")
