@@ -7,7 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.core.files import write_json
+from train.core.errors import ConfigError
+from train.core.files import COMPLETE, is_complete, mark_complete, read_json, write_json
+from train.core.locks import hold_exclusive
 from train.core.ranks import is_main_process, num_machines
 from train.core.trees import flatten
 from train.data import load_preference_data
@@ -26,6 +28,8 @@ from train.runtime.safe_load import enforce_weights_only
 def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
     enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank (issue 12)
+    if not cfg.dry_run and finished(cfg, run_dir):
+        return read_json(run_dir / "results.json")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_path = ensure_base_model(cfg)
     check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())
@@ -33,6 +37,9 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     if cfg.dry_run:
         return dry_run(cfg, base_path, data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
+    if cfg.stage == "all" and is_main_process():
+        (run_dir / COMPLETE).unlink(missing_ok=True)  # trained again (resume.enabled=false): unfinished until the end
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     if data.report and is_main_process():
         write_json(run_dir / "data_report.json", data.report)
@@ -58,4 +65,28 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     tracking.finish(wandb_run)
     if is_main_process():
         write_results(run_dir, results)
+        if cfg.stage in ("all", "eval"):
+            mark_complete(run_dir)  # last: a rerun of the same command finds the run finished
     return results
+
+
+def finished(cfg: DictConfig, run_dir: Path) -> bool:
+    """A finished run is left as it is: rerunning it used to "resume" from its last checkpoint, train nothing
+    and overwrite results.json with less. Training it again is an explicit choice (resume.enabled=false)."""
+    if cfg.stage != "all" or not cfg.resume.enabled or not is_complete(run_dir):
+        return False
+    print(f"finished: {run_dir} is a finished run; its results are in {run_dir / 'results.json'} "
+          "(to train it again from scratch: resume.enabled=false)", flush=True)
+    return True
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """One run per directory: a second run with the same overrides (same directory, SFT temp directory and
+    W&B run id) stops here. The lock dies with its process, so a crashed run never blocks its rerun."""
+    if not is_main_process():
+        return
+    holder = hold_exclusive(run_dir / ".run.lock")
+    if holder is not None:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        raise ConfigError(f"another run is using {run_dir} ({who}): wait for it or stop it, or give this run "
+                          "another directory (name=<name>)")
