@@ -1,0 +1,38 @@
+"""accelerate configs that set DeepSpeed, FSDP or mixed precision (TRL ships such ones) are refused at start,
+in one line that says what to launch with instead (issue 13)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trl
+
+from conftest import REPO, free_port
+
+TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "sets distributed_type DEEPSPEED"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "sets distributed_type FSDP"),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "sets mixed_precision bf16: here precision comes from the trainer args"),
+])
+def test_launcher_settings_are_refused_in_one_line(env, expected, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train", "debug=fast", f"output_root={tmp_path}"], cwd=REPO,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "launch/accelerate/single_node.yaml" in errors[0] and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trls_zero3_accelerate_config_stops_before_anything_runs(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(TRL_CONFIGS / "zero3.yaml"), "--num_processes", "1",
+                           "--main_process_port", str(free_port()), "-m", "train", "debug=fast", f"output_root={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and errors and "add deepspeed=zero3" in errors[0], proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # (the launcher's own report of the failed child follows our line)
