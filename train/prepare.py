@@ -1,4 +1,5 @@
-"""Inspect a data config without training: convert, validate, write the training pairs as JSON lines.
+"""Inspect a data config without training: convert, validate, write every converted pair as JSON lines
+(the training pairs to `out`, the held-out pairs next to it as <out>.test.jsonl).
 
     python -m train.prepare data=hh_rlhf out=hh_pairs.jsonl
     python -m train.prepare data=hh_rlhf data.source=path/to/hh-rlhf out=hh_pairs.jsonl
@@ -60,10 +61,13 @@ def write_pairs(cfg: DictConfig, out: Path) -> None:
     files, report = prepare(cfg, tokenizer)
     print(format_report(report), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    test_out = out.with_suffix(".test.jsonl")
     shutil.copyfile(files["train_pairs"], out)  # already one {prompt, chosen, rejected} object per line
+    shutil.copyfile(files["test_pairs"], test_out)
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {report['pairs']['train']} train pairs to {out}", flush=True)
-    problem = threshold_message(report)
+    print(f"wrote {report['pairs']['train']} train pairs to {out} and {report['pairs']['test']} held-out pairs "
+          f"to {test_out}", flush=True)
+    problem = threshold_message(report, need_test=False)  # a source too small to hold out from is still inspected
     if problem:
         raise ConfigError(problem)
 

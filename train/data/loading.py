@@ -74,7 +74,7 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
         if source.startswith("hf://"):
             if file_format(source) is None:
                 raise ConfigError(f"data.source={source}: an hf:// source must name .jsonl/.json/.parquet/.csv files")
-            loaded = datasets.load_dataset(file_format(source), data_files={"train": source})
+            loaded = datasets.load_dataset(file_format(source), data_files={data.train_split: source})
         elif Path(source).expanduser().exists():
             splits = local_files(source)
             formats = {file_format(f) for files in splits.values() for f in files}
@@ -84,6 +84,8 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
             # One split at a time: datasets would cast every split to the types inferred from the first,
             # and a column that is all null in one split (summarize_from_feedback's info.article) breaks that.
             loaded = {name: datasets.load_dataset(fmt, data_files=files, split="train") for name, files in splits.items()}
+            if len(loaded) == 1:  # one file (or one kind of file) is the training split, whatever the hub calls it
+                loaded = {data.train_split: next(iter(loaded.values()))}
         elif looks_like_path(source):
             raise ConfigError(f"data.source={source}: no such file or directory")
         else:

@@ -210,11 +210,12 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def threshold_message(report: dict) -> Optional[str]:
-    """The one-line error when too much was dropped (or nothing is left to train on), else None."""
+def threshold_message(report: dict, need_test: bool = True) -> Optional[str]:
+    """The one-line error when too much was dropped (or nothing is left to train on), else None. Training
+    needs held-out pairs too; inspecting a source (train.prepare) does not."""
     fraction, limit, pairs = report["drop_fraction"], report["max_drop_fraction"], report["pairs"]
     if fraction <= limit:
-        if pairs["train"] and pairs["test"]:
+        if pairs["train"] and (pairs["test"] or not need_test):
             return None
         return (f"data={report['name']}: {pairs['train']} train and {pairs['test']} test pairs left after "
                 f"validation; both are needed (see the counts above; a held-out slice needs two or more prompts)")
