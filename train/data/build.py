@@ -122,7 +122,9 @@ def finish(rows: list[dict], tally: Tally, tokenizer, conversational: bool, max_
 
 def check_columns_exist(columns: dict, available: list[str], source) -> None:
     """A data.columns name the file lacks would drop every row as missing_field: name it, list what is there."""
-    for field, name in columns.items():
+    used = ("prompt", "responses", "scores") if columns.get("responses") else ("prompt", "chosen", "rejected")
+    for field in used:
+        name = columns.get(field)
         if name and name.split(".")[0] not in available:
             raise ConfigError(f"data.columns.{field}={name}: {source} has no column {name.split('.')[0]!r}; its columns: "
                               f"{', '.join(available)}; set data.columns.{field}=<one of them>")
