@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from launch.bench_setup import REPO, compose, data_overrides, model_overrides
+from train.models.loading import ensure_base_model
 
 # The speed settings where the project's defaults (conf/dpo, conf/sft) differ from TRL's: the baseline
 # puts TRL's back. Learning rates, epochs, batch sizes and schedules define the experiment and stay equal.
@@ -43,18 +44,17 @@ def results_of(proc: subprocess.CompletedProcess) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in dict.fromkeys(paths)]
 
 
-def prebuild_model(root: Path, model: list[str], data) -> None:
+def prebuild_model(root: Path, model: list[str]) -> None:
     """Build the base model before any timing: it is the benchmark's input, not part of a pipeline run."""
-    from launch.bench import compose
-    from train.models import ensure_base_model
-
-    ensure_base_model(compose([*model, *data(16, 16), f"output_root={root}"]))
+    ensure_base_model(compose([*model, *data_overrides(16, 16), f"output_root={root}"]))
 
 
-def sweep_cost(sizes: dict, root: Path, model: list[str], data) -> dict:
+def sweep_cost(sizes: dict, root: Path) -> dict:
     """One 4-beta sweep through the project vs 4 independent TRL-default runs, alternating which goes first."""
-    prebuild_model(root, model, data)
-    betas, common = sizes["betas"], [*model, *data(sizes["sweep_pairs"], sizes["sweep_rows"]), "checkpoint.every_steps=0"]
+    model = model_overrides(sizes, root)
+    prebuild_model(root, model)
+    betas = sizes["betas"]
+    common = [*model, *data_overrides(sizes["sweep_pairs"], sizes["sweep_rows"]), "checkpoint.every_steps=0"]
     rounds = []
     for r in range(sizes["sweep_rounds"]):
         base = root / "sweep" / f"round{r}"
@@ -91,10 +91,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "zero3"), extra: tuple = (),
-              name: str = "rss") -> dict:
+def rss_ratio(sizes: dict, root: Path, stages=("none", "zero3"), extra: tuple = (), name: str = "rss") -> dict:
     """Peak RSS per rank of a 2-process DPO run (SFT off, the base model as policy and reference)."""
-    prebuild_model(root, model, data)
+    model = model_overrides(sizes, root)
+    prebuild_model(root, model)
     accelerate = str(Path(sys.executable).parent / "accelerate")
     figures = {}
     for stage in stages:
@@ -102,7 +102,7 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
         shutil.rmtree(work, ignore_errors=True)  # a fresh run: reference pass included
         cmd = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
                "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "train",
-               f"output_root={work}", f"hydra.run.dir={work / 'run'}", *model, *data(sizes["pairs"], sizes["sft_rows"]),
+               f"output_root={work}", f"hydra.run.dir={work / 'run'}", *model, *data_overrides(sizes["pairs"], sizes["sft_rows"]),
                "sft.enabled=false", f"deepspeed={stage}", f"+dpo.args.max_steps={sizes['rss_steps']}",
                f"dpo.args.per_device_train_batch_size={sizes['rss_batch']}", "checkpoint.every_steps=0",
                "dpo.args.logging_steps=1", *extra]
@@ -126,8 +126,8 @@ def rss_ratio(sizes: dict, root: Path, model: list[str], data, stages=("none", "
 
 def import_rss_mb() -> float:
     """RSS of a process that has only imported what a DPO run imports: the floor under every rank."""
-    code = ("import deepspeed, trl, train.pipeline, train.trainer; from trl import DPOTrainer; "
-            "from train.throughput import peak_rss_mb; print(peak_rss_mb())")
+    code = ("import deepspeed, trl, train.main, train.pipeline.run; from trl import DPOTrainer; "
+            "from train.core.memory import peak_rss_mb; print(peak_rss_mb())")
     runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
             for _ in range(2)]  # the lower of two: a first import may also compile bytecode
     return min(float(proc.stdout.strip().splitlines()[-1]) for proc in runs)

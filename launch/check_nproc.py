@@ -3,15 +3,15 @@
 import os
 import sys
 
+try:
+    import torch
+except ImportError:  # before `make setup` has installed it: count no GPUs
+    torch = None
+
 
 def main() -> None:
     nproc = int(sys.argv[1])
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
+    gpus = torch.cuda.device_count() if torch is not None else 0
     if nproc < 1:
         sys.exit(f"error: NPROC={nproc}: must be >= 1")
     if gpus and nproc > gpus:

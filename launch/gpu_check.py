@@ -4,11 +4,12 @@
     python launch/gpu_check.py --batch 128      # pairs per step (default 64)
     python launch/gpu_check.py --smoke          # the same code on this CPU with the tiny model, fp32 (wiring check)
 
-Reports tokens/s, pairs/s and MFU against the GPU's dense bf16 peak (train/throughput.py's table: H100 SXM
+Reports tokens/s, pairs/s and MFU against the GPU's dense bf16 peak (train/trainer/throughput.py's table: H100 SXM
 and H200 989 TFLOP/s, A100 312, ...; a bf16 matmul measured on the spot for a GPU not in the table).
-Same code path as `make bench`: the project's DPO trainer and defaults, the synthetic preference data,
-the FLOP count of train/flops.py. No download: weights are random (throughput does not depend on them),
-built on the CPU and saved once under outputs/gpu_check/. Takes under five minutes on an H100.
+Same code path as `make bench`: the project's DPO trainer and defaults (train/trainer/builders.py), the
+synthetic preference data, the FLOP count of train/models/flops.py. No download: weights are random
+(throughput does not depend on them), built on the CPU and saved once under outputs/gpu_check/. Takes under
+five minutes on an H100.
 Without a GPU it says so and exits 0.
 """
 
@@ -16,13 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script (`python launch/gpu_check.py`): `launch` and `train` from this checkout
+
+from launch.bench_setup import compose, data_overrides, step_figures, timing_args  # noqa: E402
+from train.data import load_preference_data  # noqa: E402
+from train.models.loading import count_parameters_from_config, ensure_base_model, load_tokenizer  # noqa: E402
+from train.trainer.builders import build_dpo_trainer, reference_forward  # noqa: E402
+from train.trainer.throughput import ThroughputCallback, peak_flops, peak_memory_mb  # noqa: E402
 
 # Qwen2.5-0.5B's widths (896 wide, MLP 4864, 14 heads of 64) with 32 layers and the tiny tokenizer's small
 # vocabulary: ~0.52B parameters, nearly all in the decoder layers.
@@ -31,8 +39,6 @@ MODEL_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers":
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=25, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps")
@@ -46,12 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no GPU on this machine (torch.cuda.is_available() is False); nothing to measure.", flush=True)
         return 0
 
-    from launch.bench import compose, data_overrides, project_trainer
-    from train.data import load_preference_data
-    from train.distributed import count_parameters_from_config
-    from train.models import ensure_base_model, load_tokenizer
-    from train.throughput import ThroughputCallback, peak_flops, peak_memory_mb
-
     start = time.perf_counter()
     root = opts.out.resolve()
     pairs = opts.batch * (opts.steps + opts.warmup)
@@ -63,22 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(cfg, model_path)
     data = load_preference_data(cfg, tokenizer)
     built_s = time.perf_counter() - start
-    trainer = project_trainer(cfg, model_path, data, tokenizer, opts.batch, opts.steps + opts.warmup, root / "dpo")
-    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=cfg.dpo.reference != "precomputed")
+    trainer = build_dpo_trainer(cfg, model_path, data, tokenizer, root / "dpo",
+                                extra=timing_args(opts.batch, opts.steps + opts.warmup))
+    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     trainer.train()
     steps = callback.steps[opts.warmup:]
-    seconds = sum(s["seconds"] for s in steps)
     device = torch.device("cpu") if opts.smoke else torch.device("cuda", torch.cuda.current_device())
     peak = peak_flops(device, torch.float32 if opts.smoke else torch.bfloat16)
+    figures = step_figures(steps, peak)
     result = {
         "gpu": "cpu (smoke)" if opts.smoke else torch.cuda.get_device_name(device),
         "parameters": count_parameters_from_config(model_path, False),
         "batch_pairs": opts.batch,
         "steps_timed": len(steps),
-        "tokens_per_s": sum(s["tokens"] for s in steps) / seconds,
-        "pairs_per_s": sum(s["sequences"] for s in steps) / seconds,
-        "step_s_median": statistics.median(s["seconds"] for s in steps),
-        "mfu": sum(s["flops"] for s in steps) / seconds / peak,
+        "tokens_per_s": figures["tokens_per_s"],
+        "pairs_per_s": figures["pairs_per_s"],
+        "step_s_median": figures["step_s"],
+        "mfu": figures["mfu"],
         "peak_flops": peak,
         "dtype": "float32" if opts.smoke else "bfloat16",
         "peak_memory_gb": peak_memory_mb(device) / 1024,

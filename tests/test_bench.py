@@ -1,8 +1,11 @@
-"""Throughput (issue 7): the figures logged to W&B during a run, and `make bench` in its quick mode."""
+"""Throughput (issue 7): the figures logged to W&B during a run, `make bench` in its quick mode, and the GPU
+check's CPU smoke run; the operator tools in launch/ import (fast tier)."""
 
+import importlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,6 @@ import pytest
 import wandb_file
 from conftest import REPO, read_results, run_train
 
-pytestmark = pytest.mark.slow
 THROUGHPUT = ("throughput/tokens_per_s", "throughput/mfu", "throughput/peak_memory_mb")
 
 
@@ -18,6 +20,13 @@ def wandb_rows(offline_run_dir: Path) -> list[dict]:
     return wandb_file.history(wandb_file.run_file(offline_run_dir))
 
 
+@pytest.mark.parametrize("module", sorted(f"launch.{p.stem}" for p in (REPO / "launch").glob("*.py")))
+def test_launch_tools_import(module):
+    """A renamed or moved train/ module breaks these at import: seen here in seconds, not in the slow tier."""
+    importlib.import_module(module)
+
+
+@pytest.mark.slow
 def test_throughput_reaches_wandb_at_every_logging_step_of_sft_and_dpo(tmp_path):
     proc = run_train("debug=fast", "eval.enabled=false", "+dpo.args.max_steps=4", "dpo.args.logging_steps=2",
                      "dpo.args.warmup_steps=0", "sft.args.logging_steps=4", output_root=tmp_path)
@@ -36,6 +45,7 @@ def test_throughput_reaches_wandb_at_every_logging_step_of_sft_and_dpo(tmp_path)
     assert results["dpo"]["history"][-1]["throughput/pairs_per_s"] == dpo_rows[-1]["train/throughput/pairs_per_s"]
 
 
+@pytest.mark.slow
 def test_make_bench_quick_prints_a_table_and_one_json_object_last(tmp_path):
     env = {**os.environ, "BENCH_QUICK": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(["make", "--no-print-directory", "bench", f"ARGS=--out {tmp_path}"], cwd=REPO, env=env,
@@ -57,3 +67,17 @@ def test_make_bench_quick_prints_a_table_and_one_json_object_last(tmp_path):
     assert sweep["project"]["runs"] == sweep["trl_default"]["runs"] == len(betas)
     table = "\n".join(lines[:-1])
     assert "dpo_step_ratio" in table and "zero3_rss_ratio" in table and "pairs/s" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_trains_the_project_dpo_on_cpu_and_prints_one_json_object_last(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/gpu_check.py", "--smoke", "--out", str(tmp_path)], cwd=REPO,
+                          env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["gpu"] == "cpu (smoke)" and result["dtype"] == "float32"
+    assert result["steps_timed"] == 2 and result["batch_pairs"] == 8
+    assert result["tokens_per_s"] > 0 and result["pairs_per_s"] > 0 and 0 < result["mfu"] < 1
+    assert result["parameters"] > 0 and result["reference"] in ("precomputed", "model", "lora")
+    assert lines[-2].startswith("gpu_check: cpu (smoke)")
