@@ -3,6 +3,8 @@
 import os
 import sys
 
+from train.core.cli import fail
+
 try:
     import torch
 except ImportError:  # before `make setup` has installed it: count no GPUs
@@ -10,15 +12,18 @@ except ImportError:  # before `make setup` has installed it: count no GPUs
 
 
 def main() -> None:
-    nproc = int(sys.argv[1])
+    given = sys.argv[1] if len(sys.argv) > 1 else ""
+    if not given.strip().isdigit():
+        fail(f"NPROC={given}: give a whole number of processes, e.g. make train NPROC=2")
+    nproc = int(given)
     gpus = torch.cuda.device_count() if torch is not None else 0
     if nproc < 1:
-        sys.exit(f"error: NPROC={nproc}: must be >= 1")
+        fail(f"NPROC={nproc}: must be >= 1")
     if gpus and nproc > gpus:
-        sys.exit(f"error: NPROC={nproc} but this machine has {gpus} GPUs: use NPROC<={gpus} (or more nodes: make submit)")
+        fail(f"NPROC={nproc} but this machine has {gpus} GPUs: use NPROC<={gpus} (or more nodes: make submit)")
     cores = len(os.sched_getaffinity(0))
     if not gpus and nproc > cores:
-        sys.exit(f"error: NPROC={nproc} but this machine has no GPU and {cores} CPU cores: use NPROC<={cores}")
+        fail(f"NPROC={nproc} but this machine has no GPU and {cores} CPU cores: use NPROC<={cores}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,15 @@ def test_deepspeed_on_one_process_without_a_launcher_runs(tmp_path):
                      "+dpo.args.max_steps=2", output_root=tmp_path, env={"WORLD_SIZE": None, "RANK": None})
     results = read_results(proc)
     assert (results["distributed"]["zero_stage"], results["distributed"]["world_size"], results["dpo"]["steps"]) == (2, 1, 2)
+
+
+@pytest.mark.parametrize("nproc,message", [("abc", "NPROC=abc: give a whole number"), ("0", "NPROC=0: must be >= 1"),
+                                           ("999", "NPROC=999 but this machine has")])
+def test_a_bad_process_count_is_one_line(nproc, message):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "launch/check_nproc.py", nproc], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}") and "Traceback" not in proc.stderr
