@@ -1,19 +1,24 @@
 """Tier 1: every option of every config group composes and validates; bad config gives one line."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
-from train.config import ConfigError, build_dpo_config, build_sft_config, register_resolvers, validate
-from train.schema import register_configs
+from train.config.compose import CONFIG_DIR, compose
+from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.config.validate import single_process_view
+from train.core.errors import ConfigError
+from train.pipeline.checks import check_config
+from train.runtime.distributed import check_offload_memory
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(CONFIG_DIR)
 REPO = CONF.parent
-register_resolvers()
-register_configs()
 
 
 def group_options():
@@ -24,23 +29,52 @@ def group_options():
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(list(overrides))
 
 
 @pytest.mark.parametrize("group,option", list(group_options()))
 def test_every_group_option_composes_and_validates(group, option):
     cfg = compose_cfg(f"{group}={option}")
-    validate(cfg)
+    check_config(cfg)  # the whole start-up check, as `python -m train` runs it
+
+
+# "auto" values DeepSpeed's config keeps until the model is known (transformers fills them from its hidden size).
+MODEL_SIZED = {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"}
+
+
+def auto_keys(node, where=""):
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in auto_keys(value, f"{where}.{key}" if where else key)]
+    return [where] if node == "auto" else []
 
 
 @pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3", "zero3_offload"])
-def test_deepspeed_group_produces_trainer_config(stage):
-    cfg = compose_cfg(f"deepspeed={stage}")
-    ds = build_dpo_config(cfg, Path("/tmp/x"), with_deepspeed=False)
-    assert ds.beta == cfg.beta.value
-    assert cfg.deepspeed.config.zero_optimization.stage == cfg.deepspeed.stage
-    assert "train_batch_size" not in cfg.deepspeed.config
+def test_deepspeed_group_produces_trainer_config(stage, tmp_path):
+    """The real DPOConfig, DeepSpeed dict included, built as validation builds it: the stage reaches
+    transformers' DeepSpeed config and accelerate's plugin, and the "auto" values are filled from the
+    trainer arguments (non-default ones here, so a value left at its default cannot pass by chance)."""
+    cfg = compose_cfg(f"deepspeed={stage}", "beta.value=0.3", "dpo.args.per_device_train_batch_size=7",
+                      "dpo.args.gradient_accumulation_steps=3", "++dpo.args.max_grad_norm=0.25")
+    env_before = dict(os.environ)
+    with single_process_view():
+        args = build_dpo_config(cfg, tmp_path)
+    assert dict(os.environ) == env_before  # building it left no environment variables behind
+    assert args.beta == 0.3
+    assert args.deepspeed == OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+    ds = args.hf_deepspeed_config
+    assert ds.get_value("zero_optimization.stage") == cfg.deepspeed.stage
+    assert ds.is_zero3() == (cfg.deepspeed.stage == 3)
+    assert args.deepspeed_plugin.zero_stage == cfg.deepspeed.stage
+    assert ds.get_value("train_micro_batch_size_per_gpu") == args.per_device_train_batch_size == 7
+    assert ds.get_value("gradient_accumulation_steps") == args.gradient_accumulation_steps == 3
+    assert ds.get_value("gradient_clipping") == args.max_grad_norm == 0.25
+    assert ds.get_value("bf16.enabled") is args.bf16 is False and ds.get_value("fp16.enabled") is False
+    assert ds.get_value("train_batch_size") is None  # world size is known only at run time
+    assert {key.rsplit(".", 1)[-1] for key in auto_keys(ds.config)} <= MODEL_SIZED
+    offload = "cpu" if stage == "zero3_offload" else "none"
+    assert (args.deepspeed_plugin.offload_param_device, args.deepspeed_plugin.offload_optimizer_device) == (offload, offload)
+    no_ds = build_dpo_config(compose_cfg("deepspeed=none"), tmp_path)
+    assert no_ds.deepspeed is None and no_ds.deepspeed_plugin is None
 
 
 def test_trainer_args_pass_through_to_trl():
@@ -74,7 +108,7 @@ def test_config_errors_name_the_key(overrides, message):
         assert message is None, f"composition failed unexpectedly: {err}"
         return
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        check_config(cfg)
     assert message is not None and message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -107,31 +141,50 @@ def test_cfg_job_prints_composed_config():
     assert "value: 0.25" in proc.stdout and "zero_optimization" not in proc.stdout
 
 
+def run_and_sweep_dirs(*overrides: str) -> tuple[str, str]:
+    """The directory a run with these overrides writes to, and its sweep sub-directory, as Hydra resolves them."""
+    cfg = compose(["output_root=/out", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg.hydra.run.dir, cfg.hydra.sweep.subdir
+
+
 def test_run_directory_is_deterministic_and_excludes_bookkeeping_keys():
-    from hydra import compose as hydra_compose
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["beta.value=0.5", "stage=sft", "dry_run=true"],
-                            return_hydra_config=True)
-    from omegaconf import OmegaConf
-
-    raw = OmegaConf.to_container(cfg.hydra, resolve=False)
-    assert {"stage", "dry_run", "wandb.mode"} <= set(raw["job"]["config"]["override_dirname"]["exclude_keys"])
-    assert "${now:" not in raw["run"]["dir"] + raw["sweep"]["dir"] + raw["sweep"]["subdir"]
-    assert raw["run"]["dir"] == "${output_root}/runs/${run_name:${hydra:job.override_dirname}}"
+    """Every process of a job, and a restarted job, must land in the same directory: composing twice
+    (a second apart: a clock in the name would show) gives the same one; another setting gives another;
+    keys that do not change what is computed leave it unchanged."""
+    first = run_and_sweep_dirs("beta.value=0.5")
+    time.sleep(1.1)
+    assert run_and_sweep_dirs("beta.value=0.5") == first
+    assert first == ("/out/runs/beta.value=0.5", "beta.value=0.5")
+    assert run_and_sweep_dirs("beta.value=0.2")[0] != first[0]
+    assert run_and_sweep_dirs("beta.value=0.5", "seed=1")[0] != first[0]
+    bookkeeping = ("stage=sft", "dry_run=true", "wandb.mode=disabled", "experiment=other", "nproc_per_node=2",
+                   "wandb.project=p", "wandb.group=g")
+    assert run_and_sweep_dirs("beta.value=0.5", *bookkeeping) == first
+    assert run_and_sweep_dirs()[0] == "/out/runs/default"
+    run_dir, subdir = run_and_sweep_dirs("model.name_or_path=/a/b")  # a path in an override nests no directories
+    assert Path(run_dir).parent == Path("/out/runs") and "/" not in subdir
 
 
 def test_offload_that_cannot_fit_is_refused(tmp_path):
-    """A 70B-sized config (no weights: counted on the meta device) needs ~1.1 TB of host memory."""
+    """A 70B-sized config (no weights: counted on the meta device) needs ~1.1 TB of host memory under the
+    zero3_offload preset (16 bytes per parameter, split over the machines); the presets themselves are
+    what is checked, so a preset that stopped offloading (or a check that stopped reading it) fails here."""
+    import re
+
     from transformers import LlamaConfig
 
-    from train.distributed import check_offload_memory
-
+    big, small = tmp_path / "big", tmp_path / "small"
     LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=128256).save_pretrained(tmp_path)
-    zero3_offload = compose_cfg("deepspeed=zero3_offload").deepspeed.config
-    ds = {"zero_optimization": {"offload_param": {"device": "cpu"}}}
-    with pytest.raises(ConfigError, match=r"deepspeed=zero3_offload needs ~\d+\.\d GiB .* 70\.55B parameters"):
-        check_offload_memory(ds, str(tmp_path), False, num_machines=1)
-    assert zero3_offload.zero_optimization.offload_param.device == "cpu"
-    check_offload_memory({"zero_optimization": {"stage": 3}}, str(tmp_path), False, num_machines=1)  # no offload: no check
+                num_key_value_heads=8, vocab_size=128256).save_pretrained(big)
+    LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                vocab_size=32).save_pretrained(small)
+    preset = {name: OmegaConf.to_container(compose_cfg(f"deepspeed={name}").deepspeed.config, resolve=True)
+              for name in ("zero3_offload", "zero3")}
+    for machines in (1, 4):
+        with pytest.raises(ConfigError, match=r"deepspeed=zero3_offload needs ~\d+\.\d GiB .* 70\.55B parameters") as err:
+            check_offload_memory(preset["zero3_offload"], str(big), False, num_machines=machines)
+        needed = float(re.search(r"needs ~(\d+\.\d) GiB", str(err.value)).group(1))
+        assert needed == pytest.approx(70.55e9 * 16 / 2**30 / machines, rel=1e-3)
+    check_offload_memory(preset["zero3_offload"], str(small), False, num_machines=1)  # fits: no error
+    check_offload_memory(preset["zero3"], str(big), False, num_machines=1)  # no offload: no check

@@ -89,14 +89,12 @@ def test_trl_drops_long_prompts_silently_and_keeps_identical_pairs(tmp_path):
     """Why the report exists: TRL 1.16's DPOTrainer filters prompts that fill max_length without a word,
     and trains on chosen == rejected. Checked on the tiny model."""
     import datasets
-    from hydra import compose, initialize_config_dir
     from trl import DPOConfig, DPOTrainer
 
-    from train.main import CONFIG_DIR
-    from train.models import ensure_base_model, load_tokenizer
+    from train.config.compose import compose
+    from train.models.loading import ensure_base_model, load_tokenizer
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_root={tmp_path}"])
+    cfg = compose([f"output_root={tmp_path}"])
     path = ensure_base_model(cfg)
     user, bot = (lambda t: [{"role": "user", "content": t}]), (lambda t: [{"role": "assistant", "content": t}])
     rows = [

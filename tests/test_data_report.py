@@ -6,12 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from train.config import ConfigError
+from train.config.compose import compose
+from train.core.errors import ConfigError
 from train.data import load_preference_data, prepare
-from train.main import CONFIG_DIR
-from train.models import ensure_base_model, load_tokenizer
+from train.models.loading import ensure_base_model, load_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CUSTOM_COLUMNS = ["data.columns.prompt=instruction", "data.columns.chosen=better", "data.columns.rejected=worse"]
@@ -39,8 +38,7 @@ def root(tmp_path_factory):
 
 def config(root: Path, name: str, *overrides: str):
     defaults = [] if name == "synthetic" or any(o.startswith("data.source=") for o in overrides) else [f"data.source=tests/fixtures/{name}"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[f"data={name}", f"output_root={root}", *defaults, *overrides])
+    return compose([f"data={name}", f"output_root={root}", *defaults, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -193,17 +191,17 @@ def test_length_outcomes():
 def test_preparation_runs_once_and_is_reused(root, tokenizer, monkeypatch):
     """Ranks of one job (and later runs) share the prepared files: the first builds under a file lock,
     the others wait and read them back."""
-    import train.data.build as build_module
+    import train.data.preference as preference  # calls build() by the name it imported
 
     monkeypatch.chdir(FIXTURES.parent.parent)
-    real_build, calls = build_module.build, []
+    real_build, calls = preference.build, []
 
     def counting_build(*args, **kwargs):
         calls.append(1)
         threading.Event().wait(0.3)  # long enough for the other thread to reach the lock
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(build_module, "build", counting_build)
+    monkeypatch.setattr(preference, "build", counting_build)
     cfg = config(root, "hc3", "data.source=tests/fixtures/hc3/all.jsonl", "seed=7")
     results = []
     threads = [threading.Thread(target=lambda: results.append(prepare(cfg, tokenizer))) for _ in range(2)]
@@ -246,8 +244,7 @@ def test_config_errors_are_one_line(overrides, message, root, tokenizer, monkeyp
     monkeypatch.chdir(FIXTURES.parent.parent)
     name = overrides[0].removeprefix("data=")
     source = [] if any(o.startswith("data.source=") for o in overrides) or name == "custom" else [f"data.source=tests/fixtures/{name}"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_root={root}", *source, *overrides])
+    cfg = compose([f"output_root={root}", *source, *overrides])
     with pytest.raises(ConfigError) as err:
         load_preference_data(cfg, tokenizer)
     assert message in str(err.value) and "\n" not in str(err.value)

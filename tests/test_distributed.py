@@ -1,5 +1,6 @@
 """Tier 4: real multi-process runs on CPU (2 processes over gloo), DeepSpeed ZeRO-2/3, DDP."""
 
+import psutil
 import pytest
 import torch
 
@@ -34,7 +35,9 @@ def test_zero3_partitions_policy_and_reference_across_ranks(zero3_run):
     for rank in dist["ranks"]:
         for key in ("policy_params_local", "reference_params_local"):
             assert abs(rank[key] / total - 0.5) <= 0.05, (key, rank[key], total)  # half, within 10%
-        assert rank["peak_rss_mb"] > 0
+        # Each rank's own high-water mark (VmHWM; tests/test_memory.py checks the figure itself): a process
+        # that imported torch and DeepSpeed and trained holds a few hundred MB, less than the machine has.
+        assert 300 < rank["peak_rss_mb"] < psutil.virtual_memory().total / 2**20, rank
     assert zero3_run["dpo"]["train"]["rewards/accuracies"] > 0.6
 
 

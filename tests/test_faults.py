@@ -44,6 +44,7 @@ def test_exact_resume_on_two_processes(tmp_path):
     assert Path(resumed["dpo"]["reference_path"]) == tmp_path / "split" / "models" / "tiny-llama"
 
 
+@pytest.mark.slow
 def test_crash_during_save_resumes_from_previous_complete_checkpoint(tmp_path):
     crashed = run_train(*SHORT, output_root=tmp_path, check=False, env={"DPO_FAULT_INJECT": "save:8"})
     assert crashed.returncode != 0 and "fault injection: save at step 8" in crashed.stdout
@@ -59,6 +60,7 @@ def test_crash_during_save_resumes_from_previous_complete_checkpoint(tmp_path):
     assert kept == ["checkpoint-4", "checkpoint-8"]  # checkpoint.keep=2, the new 8 is complete
 
 
+@pytest.mark.slow
 def test_nan_loss_step_is_skipped_counted_and_logged(tmp_path):
     results = read_results(run_train(*SHORT, output_root=tmp_path, env={"DPO_FAULT_INJECT": "nan:3"}))
     history = {e["step"]: e for e in results["dpo"]["history"]}
@@ -72,6 +74,7 @@ def test_nan_loss_step_is_skipped_counted_and_logged(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_consecutive_nan_steps_stop_the_run_naming_the_step(tmp_path):
     proc = run_train(*SHORT, "faults.max_bad_steps=3", output_root=tmp_path, check=False,
                      env={"DPO_FAULT_INJECT": "nan:2,nan:3,nan:4"})
@@ -90,6 +93,7 @@ def test_rank_death_fails_the_whole_job_quickly(tmp_path):
     assert elapsed < 120, elapsed  # bounded: not the 30-minute default collective timeout
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path):
     start = time.monotonic()
     env = {"WANDB_MODE": None, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://10.255.255.1:8080"}
@@ -103,6 +107,7 @@ def test_unreachable_wandb_falls_back_to_offline_quickly(tmp_path):
     assert read_results(proc)["wandb"]["mode"] == "offline"
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path):
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     stopped = run_train(*SHORT, run_dir, output_root=tmp_path, check=False, env={"DPO_FAULT_INJECT": "sigterm:4"})

@@ -1,10 +1,10 @@
-"""Tier 2: the FLOP counter (train/flops.py) on hand-checked cases, and against torch's own counter."""
+"""Tier 2: the FLOP counter (train/models/flops.py) on hand-checked cases, and against torch's own counter."""
 
 import pytest
 import torch
 
-from train.flops import ModelSpec, dpo_step_flops, forward_flops, parameter_count, training_flops
-from train.throughput import known_gpu_peak, sequence_lengths
+from train.models.flops import ModelSpec, dpo_step_flops, forward_flops, parameter_count, training_flops
+from train.trainer.throughput import known_gpu_peak, sequence_lengths
 
 # d=4, f=8, 1 layer, 2 heads of 2 (no GQA), vocabulary 10.
 SMALL = ModelSpec(hidden_size=4, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=2, vocab_size=10)

@@ -4,9 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 import wandb_file
-from conftest import read_results, run_train
+from conftest import read_results, results_path, run_train
+from train.config.compose import compose
 
 pytestmark = pytest.mark.slow
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
@@ -32,10 +35,12 @@ def test_dpo_beats_its_reference_under_the_judge(full_run):
         assert key in dpo["train"]
 
 
-def test_run_directory_holds_config_policy_and_samples(full_run):
+def test_run_directory_holds_config_policy_and_samples(full_run, shared_output_root):
     run_dir = Path(read_results(full_run)["dpo"]["policy_path"]).parent
     assert run_dir.name == "debug=fast"
-    assert "value: 0.1" in (run_dir / "config.yaml").read_text()
+    # the resolved config the run was composed with, whole (what a rerun or a reader of the run needs)
+    composed = compose(["debug=fast", f"output_root={shared_output_root}"])
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == OmegaConf.to_container(composed, resolve=True)
     assert (run_dir / "policy" / "model.safetensors").exists()
     assert not list((run_dir / "policy").glob("pytorch_model*.bin"))  # weights as safetensors only
     samples = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines()]
@@ -82,9 +87,14 @@ def test_stages_run_on_their_own_and_sft_is_shared(shared_output_root, full_run)
     proc = run_train("debug=fast", "beta.value=0.3", "stage=eval", output_root=shared_output_root)
     results = read_results(proc)
     assert results["dpo"]["reference_path"] == first["sft"]["path"]
-    assert results["beta"] == 0.3 and results["dpo"]["judge_reward"] is not None
-    proc = run_train("debug=fast", "beta.value=0.3", output_root=shared_output_root)
+    assert results["beta"] == 0.3 and isinstance(results["dpo"]["judge_reward"], float)
+    samples = (results_path(proc).parent / "eval_samples.jsonl").read_text().splitlines()
+    assert len(samples) == 32  # stage=eval sampled and judged the beta=0.3 policy (debug=fast: 32 prompts)
+    # A whole run of another beta reuses the SFT model. (Another beta: rerunning beta=0.3, whose stages are
+    # all done, only says it is finished.)
+    proc = run_train("debug=fast", "beta.value=0.4", output_root=shared_output_root)
     assert "sft: reusing" in proc.stdout
+    assert read_results(proc)["sft"]["path"] == first["sft"]["path"]
 
 
 def test_missing_stage_input_is_a_one_line_error(tmp_path):
@@ -94,6 +104,15 @@ def test_missing_stage_input_is_a_one_line_error(tmp_path):
 
 
 def test_dry_run_builds_and_stops(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     proc = run_train("debug=fast", "dry_run=true", output_root=tmp_path)
-    assert "dry run: " in proc.stdout and "results:" not in proc.stdout
+    assert "results:" not in proc.stdout
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("dry run: ")]
+    summary = json.loads(line.removeprefix("dry run: "))
+    # It built the data (debug=fast sizes) and loaded the model it would train ...
+    assert summary["rows"] == {"sft": 512, "train_pairs": 512, "test_pairs": 32, "eval_prompts": 32}
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(summary["model"]))
+    assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    assert Path(summary["run_dir"]) == tmp_path / "runs" / "debug=fast"
     assert not (tmp_path / "sft").exists() and not (tmp_path / "runs" / "debug=fast" / "results.json").exists()

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from train.beta import SCHEDULES
+from train.trainer.beta import SCHEDULES
 from train.data import synthetic, to_conversational
-from train.evaluate import win_rate
+from train.models.sampling import win_rate
 
 
 def test_generation_is_deterministic_per_seed():
@@ -69,7 +69,7 @@ def test_tiny_tokenizer_round_trips_through_autotokenizer(tmp_path):
     """transformers 5 picks the tokenizer class from config.json: check the saved one loads back identical."""
     from transformers import AutoTokenizer
 
-    from train.tiny import build_tiny_model
+    from train.models.tiny import build_tiny_model
 
     spec = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, max_position_embeddings=64)

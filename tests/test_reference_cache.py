@@ -1,7 +1,7 @@
-"""The reference log-prob cache (train/reference_cache.py): its key, its checks, and real runs from it.
+"""The reference log-prob cache (train/trainer/reference_cache.py): its key, its checks, and real runs from it.
 
 Tiers: the key and the lookup are tested on toy inputs (seconds); the pipeline tests (slow) run DPO with
-reference=model, precomputed (cold) and precomputed (warm) and a 2-process precompute (multiproc).
+reference=model, precomputed (cold) and precomputed (warm, at another beta) and a 2-process precompute (multiproc).
 """
 
 import json
@@ -11,8 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from transformers import AutoConfig
+from trl import DPOConfig
+
 from conftest import read_results, run_train
-from train.reference_cache import ReferenceLogpsCache, digest, key_parts, token_ids_fingerprint
+from train.trainer.reference_cache import ReferenceLogpsCache, digest, key_parts, token_ids_fingerprint
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
@@ -35,17 +38,19 @@ def model_dir(tmp_path_factory):
     return path
 
 
+ARG_DEFAULTS = dict(output_dir="/nonexistent/ref-cache-test", bf16=False, report_to=[])
+
+
 def fake_trainer(model_dir, **changes):
-    """The attributes key_parts reads, with TRL's defaults; `changes` overrides any of them."""
-    args = dict(max_length=1024, truncation_mode="keep_start", pad_to_multiple_of=None, padding_free=False,
-                ld_alpha=None, model_init_kwargs={}, beta=0.1, learning_rate=1e-6)
-    model = dict(dtype=torch.float32, attn="sdpa")
-    tokenizer = dict(pad_token_id=0, chat_template="{{ messages }}")
-    for key, value in changes.items():
-        next(d for d in (args, model, tokenizer) if key in d)[key] = value
-    config = SimpleNamespace(_name_or_path=str(model_dir), _attn_implementation=model["attn"])
-    return SimpleNamespace(args=SimpleNamespace(**args), model=SimpleNamespace(config=config, dtype=model["dtype"]),
-                           _tokenizer=SimpleNamespace(**tokenizer), _precompute_model_hash="unused")
+    """A trainer as key_parts sees it: a real DPOConfig as `args` (TRL's defaults, `changes` on top), the
+    model's real config (loaded from `model_dir`, so name_or_path is the directory), a tokenizer's fields.
+    `changes` names DPOConfig fields, or dtype / attn (the model), or pad_token_id / chat_template."""
+    model = {"dtype": changes.pop("dtype", torch.float32), "attn": changes.pop("attn", "sdpa")}
+    tokenizer = {"pad_token_id": changes.pop("pad_token_id", 0), "chat_template": changes.pop("chat_template", "{{ messages }}")}
+    args = DPOConfig(**{**ARG_DEFAULTS, **changes})
+    config = AutoConfig.from_pretrained(model_dir, attn_implementation=model["attn"])
+    return SimpleNamespace(args=args, model=SimpleNamespace(config=config, dtype=model["dtype"]),
+                           processing_class=SimpleNamespace(**tokenizer), _precompute_model_hash="unused")
 
 
 def key_of(model_dir, tmp_path, dataset=None, **changes):
@@ -61,9 +66,29 @@ def test_every_tokenization_truncation_and_loading_setting_changes_the_key(model
     assert key_of(model_dir, tmp_path, **change) != key_of(model_dir, tmp_path)
 
 
+# What the runs of a sweep (and a restart) change that cannot change the reference's log-probs.
+TRAINING_ONLY = dict(beta=0.5, learning_rate=1e-3, loss_type=["ipo"], label_smoothing=0.1, seed=7,
+                     num_train_epochs=5, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                     warmup_steps=10, lr_scheduler_type="cosine", weight_decay=0.1, max_grad_norm=0.5,
+                     logging_steps=1, output_dir="/nonexistent/another-run", run_name="another")
+
+
 def test_settings_that_do_not_change_reference_logps_keep_the_key(model_dir, tmp_path):
-    # beta and the learning rate differ between the runs of a sweep: they must all find the same cache.
-    assert key_of(model_dir, tmp_path, beta=0.5, learning_rate=1e-3) == key_of(model_dir, tmp_path)
+    """Real DPOConfigs that differ in every training-only setting: the key stays, so every run of a sweep
+    finds the same cache. (It would not if the key hashed the whole of `args`.)"""
+    base, changed = fake_trainer(model_dir), fake_trainer(model_dir, **TRAINING_ONLY)
+    differing = {k for k, v in changed.args.to_dict().items() if base.args.to_dict()[k] != v}
+    assert set(TRAINING_ONLY) <= differing  # the configs really differ in each of these
+    memo = tmp_path / "memo"
+    assert digest(key_parts(changed, token_rows(), memo)) == digest(key_parts(base, token_rows(), memo))
+
+
+def test_a_processor_keys_like_the_tokenizer_it_holds(model_dir, tmp_path):
+    trainer = fake_trainer(model_dir)
+    processor = fake_trainer(model_dir)
+    processor.processing_class = SimpleNamespace(tokenizer=trainer.processing_class)
+    memo = tmp_path / "memo"
+    assert digest(key_parts(processor, token_rows(), memo)) == digest(key_parts(trainer, token_rows(), memo))
 
 
 def test_data_content_and_row_order_change_the_key(model_dir, tmp_path):
@@ -127,38 +152,71 @@ def history(results):
     return results["dpo"]["history"]
 
 
+def cache_files(root: Path) -> dict[str, int]:
+    """Every file of the cache directory, with its modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in (root / "ref_cache").iterdir()}
+
+
+def reference_logps(entry: dict, beta: float) -> tuple[float, float]:
+    """The batch-mean reference log-probs a logged step used: TRL logs logps/* = mean policy log-prob and
+    rewards/* = beta * mean(policy - reference)."""
+    return tuple(entry[f"logps/{side}"] - entry[f"rewards/{side}"] / beta for side in ("chosen", "rejected"))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """reference=model, then precomputed cold (beta 0.1: computes and writes the cache), then precomputed
+    warm at another beta, as the next run of a beta sweep is."""
     root = tmp_path_factory.mktemp("refcache")
     model = run_train(*FAST, "dpo.reference=model", output_root=root)
     cold = run_train(*FAST, "dpo.reference=precomputed", output_root=root)
-    warm = run_train(*FAST, "dpo.reference=precomputed", "beta.value=0.1", output_root=root)
-    return root, model, cold, warm
+    after_cold = cache_files(root)
+    warm = run_train(*FAST, "dpo.reference=precomputed", "beta.value=0.3", output_root=root)
+    return SimpleNamespace(root=root, model=model, cold=cold, warm=warm, after_cold=after_cold,
+                           after_warm=cache_files(root))
 
 
 @pytest.mark.slow
 def test_cached_and_uncached_runs_give_the_same_rewards(runs):
-    """Warm (read from the cache) equals cold (computed and written) exactly: the same numbers are read
-    back. Against reference=model (the reference forward inside every step) the tolerance is rel 1e-4 /
-    abs 1e-5: the precompute pass pads its batches differently from the training batches, which moves
-    fp32 log-prob sums at the ~1e-6 level."""
-    root, model, cold, warm = runs
-    assert "reference log-probs: computed train" in cold.stdout
-    assert "reference log-probs: reusing" in warm.stdout and "reference log-probs: computed" not in warm.stdout
-    h_model, h_cold, h_warm = (history(read_results(p)) for p in (model, cold, warm))
-    assert [e["step"] for e in h_model] == [e["step"] for e in h_cold] == [e["step"] for e in h_warm] == [1, 2, 3, 4]
+    """Cold (computed by the precompute pass, written, read back) against reference=model (the reference
+    forward inside every step), same beta: tolerance rel 1e-4 / abs 1e-5, since the precompute pass pads its
+    batches differently from the training batches, which moves fp32 log-prob sums at the ~1e-6 level."""
+    assert "reference log-probs: computed train" in runs.cold.stdout
+    assert "reference log-probs: computed" not in runs.model.stdout  # the model run used no cache
+    h_model, h_cold = history(read_results(runs.model)), history(read_results(runs.cold))
+    assert [e["step"] for e in h_model] == [e["step"] for e in h_cold] == [1, 2, 3, 4]
     assert h_cold[-1]["rewards/margins"] != 0.0
-    for e_model, e_cold, e_warm in zip(h_model, h_cold, h_warm):
+    for e_model, e_cold in zip(h_model, h_cold):
         for key in REWARD_KEYS + ("loss",):
-            assert e_warm[key] == e_cold[key], (key, e_cold["step"])
             assert e_cold[key] == pytest.approx(e_model[key], rel=1e-4, abs=1e-5), (key, e_cold["step"])
-    dist = read_results(warm)["distributed"]
+    assert {p.suffix for p in (runs.root / "ref_cache").iterdir() if p.name in runs.after_cold} == {".arrow", ".json"}
+
+
+@pytest.mark.slow
+def test_a_sweep_at_another_beta_reuses_the_cache(runs):
+    """The next run of a beta sweep (beta 0.3 after 0.1) reads the cold run's file: it computes and writes
+    nothing, and the reference log-probs inside its loss are the cold run's (and the in-step reference
+    model's), at every step, while its rewards differ (another beta, another policy after step 1)."""
+    assert "reference log-probs: reusing" in runs.warm.stdout and "reference log-probs: computed" not in runs.warm.stdout
+    assert runs.after_warm == runs.after_cold  # no new or rewritten .arrow / .json
+    cold, warm, model = (read_results(p) for p in (runs.cold, runs.warm, runs.model))
+    assert (cold["beta"], warm["beta"]) == (0.1, 0.3)
+    h_cold, h_warm, h_model = history(cold), history(warm), history(model)
+    assert [e["step"] for e in h_warm] == [1, 2, 3, 4] and all(e["beta"] == 0.3 for e in h_warm)
+    assert h_warm[-1]["rewards/margins"] != pytest.approx(h_cold[-1]["rewards/margins"], rel=1e-3)
+    assert h_warm[-1]["logps/chosen"] != pytest.approx(h_cold[-1]["logps/chosen"], rel=1e-6)  # policies differ
+    for e_cold, e_warm, e_model in zip(h_cold, h_warm, h_model):
+        ref_warm = reference_logps(e_warm, 0.3)
+        # fp32 rounding of rewards / beta: ~1e-5 on log-probs of ~-90 (a wrong reference is off by ~1 or more)
+        assert ref_warm == pytest.approx(reference_logps(e_cold, 0.1), rel=0, abs=1e-4), e_warm["step"]
+        assert ref_warm == pytest.approx(reference_logps(e_model, 0.1), rel=1e-5, abs=1e-4), e_warm["step"]
+    dist = warm["distributed"]
     assert all(rank["reference_params_local"] == 0 for rank in dist["ranks"])  # no reference model in memory
 
 
 @pytest.mark.slow
 def test_changed_truncation_is_not_served_from_the_cache(runs):
-    root, _, cold, _ = runs
+    root, cold = runs.root, runs.cold
     before = {p.name for p in (root / "ref_cache").glob("*.arrow")}
     proc = run_train(*FAST, "dpo.reference=precomputed", "dpo.args.max_length=24", output_root=root)
     assert "reference log-probs: computed train" in proc.stdout and "reusing" not in proc.stdout
@@ -174,10 +232,10 @@ def test_two_processes_compute_the_cache_distributed_and_agree_with_one(runs, tm
     """Each rank computes half the batches; TRL gathers them and the main process writes the file.
     The same key (world size is not part of it) must hold the same numbers, within fp32 noise (1e-5).
     zero3: the pass runs through a DeepSpeed inference engine over the partitioned policy; none: plain
-    processes over gloo, where accelerate's own gather is a no-op (train/reference_cache.py)."""
+    processes over gloo, where accelerate's own gather is a no-op (train/trainer/reference_cache.py)."""
     from datasets import Dataset
 
-    root, _, cold, _ = runs
+    root = runs.root
     proc = run_train(*FAST, "dpo.reference=precomputed", f"deepspeed={deepspeed}", output_root=tmp_path, nproc=2)
     assert "reference log-probs: computed train (" in proc.stdout and "on 2 process(es)" in proc.stdout
     one = {p.name: Dataset.from_file(str(p)) for p in (root / "ref_cache").glob("*.arrow")}
