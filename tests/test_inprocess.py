@@ -31,8 +31,9 @@ TINY = [
 ]
 
 
-# Set by `import deepspeed` itself (deepspeed/__init__.py), not by the pipeline.
-LIBRARY_ENVIRONMENT = {"PYTORCH_NVML_BASED_CUDA_CHECK"}
+# Set by `import deepspeed` itself (deepspeed/__init__.py); and the weights-only loading policy, which holds
+# for the whole process on purpose (train/runtime/safe_load.py: every later torch.load must obey it).
+LIBRARY_ENVIRONMENT = {"PYTORCH_NVML_BASED_CUDA_CHECK", "TORCH_FORCE_WEIGHTS_ONLY_LOAD"}
 
 
 @pytest.fixture(scope="module")
