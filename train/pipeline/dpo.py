@@ -20,7 +20,7 @@ from train.pipeline.results import DPOResult
 from train.pipeline.sft import last_logged
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
-from train.runtime.preemption import PreemptionCallback, requeue
+from train.runtime.preemption import CheckpointedForPreemption, PreemptionCallback, requeue
 from train.trainer.builders import build_dpo_trainer, reference_forward
 from train.trainer.checkpoint import CompleteCheckpointCallback, find_resume_checkpoint
 from train.trainer.throughput import ThroughputCallback
@@ -38,14 +38,15 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     deepspeed = cfg.deepspeed.config is not None
     trainer.add_callback(CompleteCheckpointCallback(cfg.checkpoint.keep, signature, deepspeed, trainer.accelerator))
     preemption = PreemptionCallback()
-    trainer.add_callback(preemption)
+    trainer.add_callback(preemption)  # after CompleteCheckpointCallback: the checkpoint is complete by its on_save
+    preemption.silence_reporters_on_signal(trainer)
     preemption.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except CheckpointedForPreemption:
+        stop_after_preemption(preemption, run_dir, trainer.accelerator.is_main_process, wandb_run)
     finally:
         preemption.uninstall()
-    if preemption.stopped_at_step is not None:
-        stop_after_preemption(preemption, run_dir, trainer.accelerator.is_main_process)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
     trainer.save_model(str(policy_dir))  # under ZeRO-3 the weights are gathered into one full model
@@ -92,15 +93,21 @@ def resume_checkpoint(cfg: DictConfig, trainer, signature: dict) -> Optional[Pat
     return found
 
 
-def stop_after_preemption(preemption: PreemptionCallback, run_dir: Path, is_main_process: bool) -> None:
-    """Record the stop in <run dir>/preemptions.jsonl, then requeue (main process) and stop this process."""
+def stop_after_preemption(preemption: PreemptionCallback, run_dir: Path, is_main_process: bool, wandb_run) -> None:
+    """Record the stop in <run dir>/preemptions.jsonl, requeue (main process), close W&B, stop this process.
+
+    The requeue comes before anything that needs a helper process: the signal may have ended W&B's service
+    too (issue 12), and closing it (errors caught) comes after, even when submitit's requeue exits."""
     seconds = time.monotonic() - preemption.flag_time if preemption.flag_time else 0.0
     message = f"checkpoint at step {preemption.stopped_at_step} complete {seconds:.1f} s after the signal"
     if not is_main_process:
         raise Preempted(message, requeued=True)
     append_jsonl(run_dir / "preemptions.jsonl", {"step": preemption.stopped_at_step, "signal_to_checkpoint_s": round(seconds, 2)})
     print(f"preempted: {message}", flush=True)
-    how = requeue(preemption)  # under submitit this requeues and exits right here
+    try:
+        how = requeue(preemption)  # under submitit this requeues and exits right here (SystemExit)
+    finally:
+        tracking.close_after_preemption(wandb_run)
     raise Preempted(f"{message}; {how}", requeued=how.startswith(("scontrol", "submitit")))
 
 

@@ -3,6 +3,9 @@
 DPO_FAULT_INJECT holds comma-separated `kind:step[:rank]` items:
   nan:5        the DPO loss becomes NaN at optimizer step 5 (on every rank)
   sigterm:4    the process sends itself SIGTERM at step 4 (as a scheduler would)
+  wandbkill:4  W&B's service processes (wandb-core and its helpers) get SIGTERM at step 4 and are gone
+               before training goes on: `scancel --signal=TERM` reaches them too (issue 12); pair it with
+               sigterm:4 for the whole job's signal
   die:6:1      rank 1 exits abruptly at step 6 (a crashed node)
   save:8       the process exits abruptly while saving checkpoint 8 (files written, not yet complete)
 Real code paths run: only the event is simulated.
@@ -35,6 +38,18 @@ def poison_loss(loss, step: int):
 def maybe_signal(step: int) -> None:
     if _hit("sigterm", step):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def maybe_kill_helpers(step: int) -> None:
+    if not _hit("wandbkill", step):
+        return
+    import psutil  # deferred: only this fault needs it (psutil comes with accelerate)
+
+    helpers = {p: p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")}
+    for p in helpers:
+        p.terminate()
+    psutil.wait_procs(list(helpers), timeout=10)
+    print(f"fault injection: wandbkill at step {step}: ended {', '.join(helpers.values()) or 'nothing'}", flush=True)
 
 
 def maybe_die(kind: str, step: int) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import wandb
 from omegaconf import DictConfig
 
+from train.core.cli import EXIT_STOPPED
 from train.core.ranks import is_main_process
 
 WANDB_HOST = "api.wandb.ai"
@@ -123,3 +124,27 @@ def log_summary(run, metrics: dict[str, Any]) -> None:
 def finish(run) -> None:
     if run is not None:
         run.finish()
+
+
+def close_after_preemption(run) -> None:
+    """Close the W&B run of a stopped job without raising. Called after the requeue: the signal may have
+    ended W&B's service process too (SLURM signals every process of the job step), and then every W&B call
+    raises `ConnectionResetError` (issue 12). W&B's teardown runs here, errors caught, so that its exit
+    hook neither prints a traceback nor changes the exit code later."""
+    if run is None:
+        return
+    files = Path(run.dir).parent
+    problem = None
+    try:
+        run.mark_preempting()  # with a non-zero exit code: shown as preempted (it resumes), not failed
+        run.finish(exit_code=EXIT_STOPPED)
+    except (Exception, SystemExit) as err:
+        problem = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    try:
+        wandb.teardown(exit_code=EXIT_STOPPED)  # unregisters W&B's exit hook first; may sys.exit(service's code)
+    except (Exception, SystemExit) as err:
+        problem = problem or f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    if problem:
+        what = "its offline files" if run.offline else "what it had not uploaded"
+        print(f"wandb: could not close the run ({problem}; its service process was probably signalled too); "
+              f"{what} are in {files}: `wandb sync {files}` uploads them later", flush=True)
