@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from train.config.compose import CONFIG_DIR, compose, register, sweep_combinations
 from train.config.validate import check_override_secrets
-from train.core.cli import EXIT_STOPPED, fail
+from train.core.cli import EXIT_INTERRUPTED, EXIT_STOPPED, fail
 from train.core.errors import ConfigError, Preempted, TrainingAborted
 from train.core.files import read_json
 from train.core.storage import storage_problem, unwritable
@@ -87,9 +87,13 @@ def main() -> None:
     # that need them, so `--help` and `--cfg job` answer at once.
     from train.runtime.console import quiet_libraries
 
-    quiet_libraries()
-    precheck(sys.argv[1:])
-    hydra_main()
+    try:
+        quiet_libraries()
+        precheck(sys.argv[1:])
+        hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: what is complete on disk is kept
+        print("interrupted: stopped at once; complete checkpoints and files are kept; rerun to resume", flush=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

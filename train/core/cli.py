@@ -7,6 +7,7 @@ from typing import NoReturn
 
 EXIT_USAGE = 2  # a bad config, data or environment: nothing was trained
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early by a signal after a complete checkpoint; rerun to resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped at once by a second Ctrl-C
 
 
 def fail(message: str) -> NoReturn:

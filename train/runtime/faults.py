@@ -3,6 +3,7 @@
 DPO_FAULT_INJECT holds comma-separated `kind:step[:rank]` items:
   nan:5        the DPO loss becomes NaN at optimizer step 5 (on every rank)
   sigterm:4    the process sends itself SIGTERM at step 4 (as a scheduler would)
+  sigint:4     the process sends itself SIGINT at step 4 (Ctrl-C); twice (sigint:4,sigint:4) for a double Ctrl-C
   wandbkill:4  W&B's service processes (wandb-core and its helpers) get SIGTERM at step 4 and are gone
                before training goes on: `scancel --signal=TERM` reaches them too (issue 12); pair it with
                sigterm:4 for the whole job's signal
@@ -38,6 +39,10 @@ def poison_loss(loss, step: int):
 def maybe_signal(step: int) -> None:
     if _hit("sigterm", step):
         os.kill(os.getpid(), signal.SIGTERM)
+    rank_now = rank()
+    for kind, at, only in _items():
+        if kind == "sigint" and at == step and only in (None, rank_now):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def maybe_kill_helpers(step: int) -> None:

@@ -28,7 +28,8 @@ from transformers.integrations import get_reporting_integration_callbacks
 from train.runtime import faults
 from train.runtime.distributed import any_rank_flagged
 
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+# Ctrl-C (SIGINT) too: the first one saves at the step boundary like SIGTERM; a second one stops at once.
+SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class CheckpointedForPreemption(Exception):
@@ -64,9 +65,15 @@ class PreemptionCallback(TrainerCallback):
         handler.callbacks = [SilentAfterSignal(c, self) if isinstance(c, reporters) else c for c in handler.callbacks]
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.flag_time is not None:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without the checkpoint
         if self.flag_time is None:
             self.flag_time = time.monotonic()
-            print(f"preemption: got {signal.Signals(signum).name}; saving at the next step boundary", flush=True)
+            if signum == signal.SIGINT:
+                print("interrupted: Ctrl-C; saving a checkpoint at the next step boundary, then stopping "
+                      "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)", flush=True)
+            else:
+                print(f"preemption: got {signal.Signals(signum).name}; saving at the next step boundary", flush=True)
             # W&B's console capture sends every printed line to its service; if the signal ended that too,
             # asyncio would warn "socket.send() raised exception." for each line from here on.
             logging.getLogger("asyncio").setLevel(logging.ERROR)
