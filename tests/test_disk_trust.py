@@ -220,8 +220,8 @@ def training(results: dict) -> list[dict]:
     return [{k: v for k, v in e.items() if not k.startswith("throughput/")} for e in results["dpo"]["history"]]
 
 
-# SFT on (two steps) so that the copy must also find its SFT model; checkpoints every 2 DPO steps.
-RESUMABLE = ("debug=fast", "eval.enabled=false", "+sft.args.max_steps=2", "+dpo.args.max_steps=4",
+# SFT on (one step) so that the copy must also find its SFT model; checkpoints every 2 DPO steps.
+RESUMABLE = ("debug=fast", "eval.enabled=false", "+sft.args.max_steps=1", "+dpo.args.max_steps=4",
              "checkpoint.every_steps=2", "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0")
 
 

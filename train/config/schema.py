@@ -158,7 +158,7 @@ class WandbConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = MISSING  # DPO checkpoint interval in optimizer steps (and always at the end); 0: only at the end
+    every_steps: int = MISSING  # optimizer steps between SFT and DPO checkpoints (DPO also saves at the end); 0: none
     keep: int = MISSING  # complete checkpoints kept; older ones are deleted after a newer one is complete
 
 

@@ -127,7 +127,9 @@ def construct(config_cls: type, stage: str, kwargs: dict[str, Any]):
 
 def build_sft_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> SFTConfig:
     kwargs = common_kwargs(cfg, trainer_args(cfg, "sft", SFTConfig), output_dir)
-    kwargs["save_strategy"] = "no"  # SFT is short and shared by a sweep; only its final model is kept
+    # Checkpoints as DPO's, so a preempted SFT resumes (issue 12); the one transformers saves at the last
+    # step is dropped by the SFT stage (NoCheckpointAtEnd): its final model is saved right after.
+    kwargs.update(checkpoint_kwargs(cfg))
     return construct(SFTConfig, "sft", with_extra(kwargs, extra))
 
 
@@ -137,7 +139,11 @@ def build_dpo_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | 
     kwargs = common_kwargs(cfg, args, output_dir)
     kwargs["beta"] = cfg.beta.value
     kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
-    every = cfg.checkpoint.every_steps
-    # Saved every `every` steps and at the end (transformers saves at the last step under "steps").
-    kwargs.update(save_strategy="steps", save_steps=every or NO_SAVING, save_total_limit=None)
+    kwargs.update(checkpoint_kwargs(cfg))
     return construct(DPOConfig, "dpo", with_extra(kwargs, extra))
+
+
+def checkpoint_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Saved every `checkpoint.every_steps` steps and at the end (transformers saves at the last step under
+    "steps"); rotation is train/trainer/checkpoint.py's, after a newer checkpoint is complete."""
+    return {"save_strategy": "steps", "save_steps": cfg.checkpoint.every_steps or NO_SAVING, "save_total_limit": None}

@@ -52,10 +52,11 @@ class PreferenceData:
     files: dict[str, str]
     report: dict = field(default_factory=dict)  # validation report: rows kept, dropped/fixed by reason
 
-    def content_fingerprint(self) -> str:
-        """sha256 of the prepared training pairs' file: what a resumed run must train on. Unlike datasets'
-        fingerprint of the loaded split, it does not change with the file's path (a copied output root: issue 12)."""
-        return sha256_file(Path(self.files["train_pairs"]))
+    def content_fingerprint(self, split: str = "train_pairs") -> str:
+        """sha256 of a prepared split's file (DPO's training pairs, or SFT's rows): what a resumed run must train
+        on. Unlike datasets' fingerprint of the loaded split, it does not change with the file's path (a copied
+        output root: issue 12)."""
+        return sha256_file(Path(self.files[split]))
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -19,6 +19,9 @@ class SFTResult:
     skipped: bool = False  # sft.enabled=false: DPO starts from the base model
     reused: bool = False  # a finished SFT model with the same inputs was found
     train: dict = field(default_factory=dict)  # the last logged training metrics
+    history: list = field(default_factory=list)  # every logged training record with a loss (resumed: all steps)
+    steps: Optional[int] = None  # optimizer steps, when trained here
+    resumed_from: Optional[str] = None  # the SFT checkpoint a preempted SFT continued from
     runtime_s: Optional[float] = None  # only when trained here
 
     def record(self) -> dict:
@@ -26,7 +29,8 @@ class SFTResult:
             return {"path": self.path, "skipped": True}
         if self.reused:
             return {"path": self.path, "reused": True}
-        return {"path": self.path, "reused": False, "train": self.train}
+        return {"path": self.path, "reused": False, "train": self.train, "history": self.history, "steps": self.steps,
+                "resumed_from": self.resumed_from}
 
 
 @dataclass

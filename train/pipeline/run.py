@@ -19,7 +19,8 @@ from train.pipeline.dpo import run_dpo
 from train.pipeline.dry_run import dry_run
 from train.pipeline.evaluate import run_eval
 from train.pipeline.results import add_dpo, add_eval, add_sft, start_results, write_results
-from train.pipeline.sft import require_model, run_sft, sft_output_dir
+from train.pipeline.sft import require_model, sft_output_dir
+from train.pipeline.sft_stage import run_sft
 from train.runtime import tracking
 from train.runtime.distributed import check_offload_memory
 from train.runtime.safe_load import enforce_weights_only
@@ -47,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     results = start_results(cfg, run_dir)
     sft_path = sft_output_dir(cfg)
     if cfg.stage in ("all", "sft"):
-        add_sft(results, run_sft(cfg, resolved, base_path, sft_path, data))
+        add_sft(results, run_sft(cfg, resolved, base_path, sft_path, data, run_dir))
     wandb_run = None
     # With SFT off, DPO starts from the base model itself, which is then also the reference.
     reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path

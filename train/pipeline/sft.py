@@ -1,25 +1,18 @@
-"""SFT stage: train once per (model, data, sft settings, seed), shared by every run of a sweep."""
+"""The shared SFT model: where it lives (one per model, data, sft settings and seed, so a sweep trains SFT once)
+and what the later stages read of it. The stage that trains it is sft_stage.py: it reuses DPO's resume and
+stop code, and dpo.py imports this module."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from train.core.errors import ConfigError
-from train.core.files import is_complete, mark_complete, memoized_sha256, remove_orphans
-from train.data import PreferenceData
+from train.core.files import is_complete, memoized_sha256
 from train.data.preference import data_identity, hash_memo_dir
-from train.models.loading import load_tokenizer
-from train.pipeline.results import SFTResult
-from train.runtime import tracking
-from train.runtime.distributed import setup_process_group
-from train.trainer.builders import build_sft_trainer
-from train.trainer.throughput import ThroughputCallback
 
 
 def sft_output_dir(cfg: DictConfig) -> Path:
@@ -55,30 +48,3 @@ def last_logged(trainer, key: str) -> dict:
         if key in entry:
             return dict(entry)
     return {}
-
-
-def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: PreferenceData) -> SFTResult:
-    if not cfg.sft.enabled:
-        return SFTResult(path=base_path, skipped=True)
-    if is_complete(out):
-        print(f"sft: reusing {out} (same model, data, sft settings and seed)", flush=True)
-        return SFTResult(path=str(out), reused=True)
-    start = time.perf_counter()
-    wandb_run = tracking.start_run(cfg, resolved, out.parent, "sft", f"sft-{out.name}")
-    work = out.with_name(out.name + ".tmp")
-    remove_orphans(out.parent, claim=work)  # interrupted SFT outputs, kept while a live run claims them
-    extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
-    trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
-                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
-    ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
-    trainer.train()
-    trainer.save_model(str(work))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.is_main_process:
-        mark_complete(work)
-        shutil.rmtree(out, ignore_errors=True)
-        work.rename(out)  # atomic: readers see a finished directory or none
-    trainer.accelerator.wait_for_everyone()
-    runtime_s = time.perf_counter() - start
-    tracking.finish(wandb_run)
-    return SFTResult(path=str(out), train=last_logged(trainer, "loss"), runtime_s=runtime_s)

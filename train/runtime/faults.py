@@ -1,6 +1,7 @@
 """Fault injection for the fault-tolerance tests (issue 6), off unless DPO_FAULT_INJECT is set.
 
-DPO_FAULT_INJECT holds comma-separated `kind:step[:rank]` items:
+DPO_FAULT_INJECT holds comma-separated `kind:step[:rank][@stage]` items, in DPO unless `@sft` says SFT
+(e.g. sigterm:6@sft stops SFT at its step 6):
   nan:5        the DPO loss becomes NaN at optimizer step 5 (on every rank)
   sigterm:4    the process sends itself SIGTERM at step 4 (as a scheduler would)
   sigint:4     the process sends itself SIGINT at step 4 (Ctrl-C); twice (sigint:4,sigint:4) for a double Ctrl-C
@@ -20,9 +21,20 @@ import signal
 from train.core.ranks import rank
 
 
+_stage = "dpo"  # the stage now training (set_stage): an item fires only in the stage it names
+
+
+def set_stage(stage: str) -> None:
+    global _stage
+    _stage = stage
+
+
 def _items() -> list[tuple[str, int, int | None]]:
     out = []
     for item in filter(None, os.environ.get("DPO_FAULT_INJECT", "").split(",")):
+        item, _, stage = item.partition("@")
+        if (stage or "dpo") != _stage:
+            continue
         kind, step, *rank = item.split(":")
         out.append((kind, int(step), int(rank[0]) if rank else None))
     return out

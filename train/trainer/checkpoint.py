@@ -1,4 +1,5 @@
-"""Checkpoints that count only when complete, and resuming from the newest complete one (issue 6).
+"""Checkpoints that count only when complete, and resuming from the newest complete one (issue 6): DPO's in
+the run directory, SFT's in its work directory (issue 12).
 
 The trainer writes `checkpoint-N/` (model, optimizer, scheduler, per-rank RNG states, trainer state with
 the data position). A checkpoint is complete once every rank has written, a barrier has passed, the
@@ -82,6 +83,25 @@ class CompleteCheckpointCallback(TrainerCallback):
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return control
+
+
+class NoCheckpointAtEnd(TrainerCallback):
+    """Drops the checkpoint transformers saves at the last step (save_strategy="steps" always saves there) for
+    a stage whose final model is saved right after (SFT): a 7B model's optimizer states, tens of GB, would be
+    written only to be deleted. Add it before PreemptionCallback: a signal at the last step still saves."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
+def remove_checkpoints(directory: Path) -> None:
+    """checkpoint-N (and set-aside checkpoint-N.damaged) directories of a finished stage, before its output
+    is published: the shared SFT model is the model alone."""
+    for path in directory.iterdir() if directory.is_dir() else []:
+        if path.is_dir() and CHECKPOINT.match(path.name.removesuffix(".damaged")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def find_resume_checkpoint(directory: Path, signature: dict[str, Any], allow_changes: bool,
