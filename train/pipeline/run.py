@@ -19,8 +19,7 @@ from train.pipeline.dpo import run_dpo
 from train.pipeline.dry_run import dry_run
 from train.pipeline.evaluate import run_eval
 from train.pipeline.results import add_dpo, add_eval, add_sft, start_results, write_results
-from train.pipeline.sft import require_model, sft_output_dir
-from train.pipeline.sft_stage import run_sft
+from train.pipeline.sft import require_model, run_sft, sft_output_dir
 from train.runtime import tracking
 from train.runtime.distributed import check_offload_memory
 from train.runtime.safe_load import enforce_weights_only
