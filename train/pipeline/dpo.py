@@ -14,6 +14,7 @@ from train.core.ranks import num_machines
 from train.core.trees import flatten
 from train.data import PreferenceData
 from train.models.loading import load_tokenizer
+from train.pipeline.plan import warn_before_training
 from train.pipeline.results import DPOResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
@@ -28,6 +29,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     trainer = build_dpo_trainer(cfg, str(reference), data, load_tokenizer(cfg, str(reference)), run_dir / "dpo",
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))})
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
+    warn_before_training("dpo", trainer, len(data.train_pairs))
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     resume_from = train_resumably(cfg, trainer, run_signature(cfg, trainer, data.content_fingerprint()), run_dir, wandb_run)
     held_out = trainer.evaluate()

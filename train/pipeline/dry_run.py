@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -14,32 +13,10 @@ from train.core.ranks import world_size
 from train.data import PreferenceData
 from train.data.validation import token_ids
 from train.models.loading import count_parameters, load_model, load_tokenizer
+from train.pipeline.plan import optimizer_steps, plan_warnings
 from train.pipeline.sft import sft_output_dir
 
 TOKEN_BATCH = 512
-
-
-def optimizer_steps(args, rows: int, processes: int) -> dict:
-    """Optimizer steps and the effective global batch of a stage, as the trainer will count them."""
-    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
-    per_epoch = math.ceil(rows / global_batch) if rows else 0
-    steps = args.max_steps if args.max_steps > 0 else math.ceil(per_epoch * args.num_train_epochs)
-    return {"optimizer_steps": steps, "global_batch": global_batch, "epochs": args.num_train_epochs,
-            "warmup_steps": args.warmup_steps}
-
-
-def plan_warnings(stage: str, plan: dict, rows: int) -> list[str]:
-    """What a user would want to hear before a stage trains, not after: a stage of one optimizer step, and
-    warmup that outlasts training (warmup_steps under 1 is a fraction of the steps in transformers 5)."""
-    steps, warmup = plan["optimizer_steps"], plan["warmup_steps"]
-    out = []
-    if steps <= 1:
-        out.append(f"warning: {stage} runs {steps} optimizer step(s) ({rows} rows, global batch {plan['global_batch']}): "
-                   f"lower {stage}.args.per_device_train_batch_size or give it more data")
-    if warmup >= 1 and warmup >= steps > 0:
-        out.append(f"warning: {stage}.args.warmup_steps={warmup:g} >= its {steps} optimizer steps: the learning rate "
-                   f"never reaches its peak; lower warmup_steps")
-    return out
 
 
 def token_count(tokenizer, dataset, responses: tuple[str, ...], conversational: bool, max_length) -> int:

@@ -25,6 +25,7 @@ from train.core.files import is_complete, mark_complete, memoized_sha256, remove
 from train.data import PreferenceData
 from train.data.preference import data_identity, hash_memo_dir
 from train.models.loading import load_tokenizer
+from train.pipeline.plan import warn_before_training
 from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
@@ -78,6 +79,7 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
+    warn_before_training("sft", trainer, len(data.sft))
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     faults.set_stage("sft")  # tests: injected faults name the stage they are for
     try:
