@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import signal
 
+import psutil
+
 from train.core.ranks import rank
 
 
@@ -60,8 +62,6 @@ def maybe_signal(step: int) -> None:
 def maybe_kill_helpers(step: int) -> None:
     if not _hit("wandbkill", step):
         return
-    import psutil  # deferred: only this fault needs it (psutil comes with accelerate)
-
     helpers = {p: p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")}
     for p in helpers:
         p.terminate()
