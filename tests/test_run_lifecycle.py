@@ -50,3 +50,11 @@ def test_a_crashed_run_never_blocks_its_rerun(tmp_path):
     assert json.loads(lock.read_text())["pid"] == holder.pid  # the dead holder's note is still there
     proc = run_train(*SMALL, "name=crashed", output_root=tmp_path)
     assert read_results(proc)["dpo"]["steps"] == 3
+
+
+def test_a_policy_that_ends_identical_to_its_reference_is_pointed_out(tmp_path):
+    """Issue 13: with a learning rate of 0 DPO changes nothing; the run says so instead of reporting KL 0 silently."""
+    proc = run_train("debug=fast", "sft.enabled=false", "+dpo.args.max_steps=2", "dpo.args.learning_rate=0.0",
+                     "eval.num_prompts=4", output_root=tmp_path)
+    assert "warning: the policy ends identical to its reference (KL 0, identical samples)" in proc.stdout
+    assert read_results(proc)["dpo"]["kl_to_reference"] == 0.0

@@ -31,6 +31,9 @@ def run_eval(cfg: DictConfig, policy_path: Path, reference_path: Path, data: Pre
         cfg.eval.max_new_tokens, cfg.eval.temperature, cfg.eval.batch_size, cfg.seed,
     )
     write_jsonl(run_dir / "eval_samples.jsonl", samples)
+    if abs(metrics["kl_to_reference"]) < 1e-6 and all(x["policy"] == x["reference"] for x in samples):
+        print("warning: the policy ends identical to its reference (KL 0, identical samples): DPO changed nothing; "
+              "check dpo.args.learning_rate, the number of steps and the data", flush=True)
     reference_reward = metrics.pop("reference_judge_reward", None)
     metrics.setdefault("judge_reward", None)
     metrics.setdefault("win_rate_vs_reference", None)
