@@ -4,7 +4,6 @@ hashes, and the sweep that removes what interrupted writers left behind (issue 1
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from train.core.locks import claim_path, unheld
 from train.core.ranks import is_main_process
 
 COMPLETE = "COMPLETE"  # written last into a finished model or checkpoint directory
@@ -94,7 +94,6 @@ STALE_FILES = (
 )
 PID_GRACE_S = 600
 STALE_S = 3600
-_claims: list[int] = []  # lock descriptors kept open for the process's life: the OS drops them when it dies
 
 
 def remove_orphans(directory: Path, depth: int = 1, claim: Path | None = None) -> int:
@@ -164,41 +163,6 @@ def remove_temp_dir(directory: Path, now: float) -> int:
         return 0
     shutil.rmtree(directory)
     return 1
-
-
-def unheld(lock: Path, remove) -> bool:
-    """Run `remove` while holding `lock` exclusively, if nobody else holds it; False (nothing removed) when
-    someone does or flock cannot tell (a file system without it)."""
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        remove()
-        return True
-    finally:
-        os.close(fd)
-
-
-def claim_path(path: Path) -> None:
-    """Hold a shared lock on `<path>.lock` until the process exits. Checked after locking that the file is
-    still the one at that name: a sweep may have removed it between our open and our lock."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock)):
-                _claims.append(fd)
-                return
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:
