@@ -11,12 +11,14 @@ export TOKENIZERS_PARALLELISM := false
 NODES ?= 1
 NPROC_PER_NODE ?= 1
 BETAS ?= 0.05,0.1,0.5
+TRIALS ?= 8
+LR ?=
 WAIT ?=
-.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm submit slurm-up slurm-down bench gpu-check
+.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm search search-slurm submit slurm-up slurm-down bench gpu-check plan
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes> NODES= NPROC_PER_NODE= BETAS= WAIT=1"
+	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes> NODES= NPROC_PER_NODE= BETAS= TRIALS= LR= WAIT=1 GPUS_PER_NODE= GPU_MEMORY_GB="
 
 # torch first, pinned: on this CPU machine pip takes the local CPU build; on a GPU cluster the CUDA one.
 $(VENV)/.installed: pyproject.toml
@@ -51,6 +53,18 @@ sweep-slurm: $(VENV)/.installed ## beta sweep on SLURM, one job per beta (BETAS=
 	$(PY) -m train -m hydra/launcher=slurm hydra.launcher.nodes=$(NODES) nproc_per_node=$(NPROC_PER_NODE) \
 		beta.value=$(BETAS) $(ARGS)
 
+# Optuna's search space for the learning rate, when LR=<low>,<high> is given (log scale, as beta's).
+LR_SEARCH := $(if $(LR),'dpo.args.learning_rate=tag(log,interval($(LR)))')
+SEARCH := -m hydra/sweeper=beta_search hydra.sweeper.n_trials=$(TRIALS) $(LR_SEARCH)
+
+search: $(VENV)/.installed ## Bayesian search over beta (Optuna, TRIALS=8; LR=1e-4,1e-2 searches it too); SFT once
+	$(PY) -m train $(SEARCH) $(ARGS)
+
+search-slurm: $(VENV)/.installed ## the search on SLURM: one SFT job, then batches of hydra.sweeper.n_jobs trial jobs
+	$(PY) -m train -m hydra/launcher=slurm hydra.launcher.nodes=$(NODES) nproc_per_node=$(NPROC_PER_NODE) \
+		stage=sft 'hydra.sweep.dir=$${output_root}/sweeps/$${experiment}/.sft' $(ARGS)
+	$(PY) -m train $(SEARCH) hydra/launcher=slurm hydra.launcher.nodes=$(NODES) nproc_per_node=$(NPROC_PER_NODE) $(ARGS)
+
 submit: $(VENV)/.installed ## one pipeline run as a SLURM job over NODES nodes (NPROC_PER_NODE, ARGS, WAIT=1)
 	$(PY) -m launch.submit --nodes $(NODES) --nproc-per-node $(NPROC_PER_NODE) $(if $(WAIT),--wait) -- $(ARGS)
 
@@ -62,6 +76,11 @@ slurm-down: ## stop the local SLURM cluster
 
 bench: $(VENV)/.installed ## throughput vs TRL's DPO defaults: table, then one JSON line (ARGS=--quick: seconds)
 	$(PY) launch/bench.py $(ARGS)
+
+GPUS_PER_NODE ?= 1
+GPU_MEMORY_GB ?= 80
+plan: $(VENV)/.installed ## will it fit? per-GPU memory of ARGS on NODES x GPUS_PER_NODE x GPU_MEMORY_GB; the fastest that fits
+	$(PY) -m train.plan $(ARGS) nodes=$(NODES) gpus_per_node=$(GPUS_PER_NODE) gpu_memory_gb=$(GPU_MEMORY_GB)
 
 gpu-check: $(VENV)/.installed ## DPO step of a ~0.5B model in bf16 on one GPU: tokens/s, MFU (no GPU: says so)
 	$(PY) launch/gpu_check.py $(ARGS)

@@ -2,7 +2,8 @@
 
     python launch/bench.py                 # full: 3 alternating rounds of DPO steps, a 4-beta sweep, ZeRO-3 RSS
     python launch/bench.py --quick         # seconds-scale sizes, 1 round (what the tests run); or BENCH_QUICK=1
-    python launch/bench.py --only steps    # one part: steps, sweep or rss
+    python launch/bench.py --only steps    # one part: steps, sweep, rss or profiles
+    python launch/bench.py --only profiles # the DPO step at TL;DR / UltraFeedback / HH-RLHF lengths (issue 14)
     python launch/bench.py --ablate        # also: each project default against its alternative, alternated
     python launch/bench.py --profile       # also: torch.profiler over the project's DPO step (where time goes)
     python launch/bench.py --rss-scale     # also: the ZeRO-3 RSS comparison on a ~155M-parameter model
@@ -19,6 +20,9 @@ Prints a table, then as its LAST line one JSON object (issue 7):
                     here, in this run, next to those steps (best of just before and just after; the
                     best peak of the whole run is `mfu_vs_best_peak`, a lower bound).
   zero3_rss_ratio   peak RSS per rank, deepspeed=zero3 / deepspeed=none, 2 processes, same model.
+  profiles          per length profile (tldr, ultrafeedback, hh; launch/bench_profiles.py), at a 32k vocabulary:
+                    vs_trl_default, vs_trl_tuned (pairs/s ratios, medians of alternated rounds), ref_pass_speedup,
+                    padding_fraction, peak_memory_ratio (launch/bench_profile_runs.py; full mode, or --only profiles).
 plus the machine, thread counts, versions, rounds and every side's raw figures under `details`.
 
 This file is the command line; the parts live in launch/bench_steps.py (in this process: DPO steps, --ablate,
@@ -43,6 +47,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script (`python launch/bench.py`): `launch` and `train` from this checkout
 
+from launch.bench_profile_runs import profiles  # noqa: E402
 from launch.bench_runs import format_rows, rss_ratio, sweep_cost  # noqa: E402
 from launch.bench_setup import FULL, QUICK, RSS_SCALE  # noqa: E402
 from launch.bench_steps import ablations, dpo_steps, profile_steps  # noqa: E402
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 5, quick 1)")
-    parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile"), action="append", help="run only these parts")
+    parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile", "profiles"), action="append", help="run only these parts")
     parser.add_argument("--ablate", action="store_true", help="also measure each project default against its alternative")
     parser.add_argument("--profile", action="store_true", help="also profile the project's DPO step (torch.profiler)")
     parser.add_argument("--rss-scale", action="store_true", help="also compare RSS per rank, zero3 vs none, at ~155M parameters")
@@ -81,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = dict(QUICK if opts.quick else FULL)
     if opts.rounds:
         sizes["rounds"] = opts.rounds
-    parts = set(opts.only or ("steps", "sweep", "rss")) | ({"ablate"} if opts.ablate else set())
+    # The profiles take ~40 min on 2 cores: in the full benchmark, not in --quick (the tests' run).
+    default_parts = ("steps", "sweep", "rss") if opts.quick else ("steps", "sweep", "rss", "profiles")
+    parts = set(opts.only or default_parts) | ({"ablate"} if opts.ablate else set())
     parts |= {"profile"} if opts.profile else set()
     parts |= {"rss_scale"} if opts.rss_scale else set()
     root = (opts.out / ("quick" if opts.quick else "full")).resolve()
@@ -104,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "rss" in parts:
         details["rss"] = rss_ratio(sizes, root)
         result["zero3_rss_ratio"] = details["rss"]["zero3_rss_ratio"]
+    if "profiles" in parts:
+        # --quick: one round, one vocabulary, 2 pairs a step; a smoke run of the part, not a measurement.
+        details["profiles"] = profiles({"rounds": 1, "vocabs": [None], "batch": 2} if opts.quick else {}, root)
+        result["profiles"] = details["profiles"]["profiles"]
     if "rss_scale" in parts:
         scale = {**sizes, **RSS_SCALE}
         details["rss_scale"] = rss_ratio(scale, root, name="rss_scale")
@@ -113,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         machine=machine(),
         threads=threads(),
         versions=versions(),
-        rounds={"dpo_steps": sizes["rounds"], "sweep": sizes["sweep_rounds"], "rss": 1},  # RSS: not timing, 1 run each
+        rounds={"dpo_steps": sizes["rounds"], "sweep": sizes["sweep_rounds"], "rss": 1,
+                "profiles": details["profiles"]["sizes"]["rounds"] if "profiles" in details else None},  # RSS: not timing, 1 run each
         sizes=sizes,
         wall_s=round(time.perf_counter() - start, 1),
         details=details,

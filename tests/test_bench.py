@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import wandb_file
 from conftest import REPO, read_results, run_train
+from launch.bench_profiles import MAX_LENGTH, PROFILES, draw_lengths, make_pairs, single_token_words, split_turns
+from train.data import synthetic
+from train.models.tiny import build_tokenizer
 
 THROUGHPUT = ("throughput/tokens_per_s", "throughput/mfu", "throughput/peak_memory_mb")
 
@@ -81,3 +85,35 @@ def test_gpu_check_smoke_trains_the_project_dpo_on_cpu_and_prints_one_json_objec
     assert result["tokens_per_s"] > 0 and result["pairs_per_s"] > 0 and 0 < result["mfu"] < 1
     assert result["parameters"] > 0 and result["reference"] in ("precomputed", "model", "lora")
     assert lines[-2].startswith("gpu_check: cpu (smoke)")
+
+
+# --- length profiles (issue 14): the generator is a pure function; the measured part runs in `make bench` only ---
+
+def test_length_profiles_draw_around_the_published_medians_and_keep_every_row():
+    for name, profile in PROFILES.items():
+        lengths = draw_lengths(profile, 4000, seed=0)
+        assert np.median(lengths["prompt"]) == pytest.approx(profile.prompt_median, rel=0.05), name
+        responses = np.concatenate([lengths["chosen"], lengths["rejected"]])
+        assert np.median(responses) == pytest.approx(profile.response_median, rel=0.05), name
+        assert lengths["prompt"].max() < MAX_LENGTH and min(v.min() for v in lengths.values()) >= 1, name
+    # What the issue asks of each profile: long post / short summary, medium prompt / long answers, HH in between.
+    tldr, uf, hh = PROFILES["tldr"], PROFILES["ultrafeedback"], PROFILES["hh"]
+    assert tldr.prompt_median > 10 * tldr.response_median and uf.response_median > 2 * uf.prompt_median
+    assert hh.max_turns > 1 and hh.prompt_median > hh.response_median
+
+
+def test_profile_pairs_have_the_drawn_token_counts_under_the_chat_template():
+    tokenizer = build_tokenizer(synthetic.corpus(0), 1024)
+    words = single_token_words(tokenizer)
+    lengths = draw_lengths(PROFILES["hh"], 6, seed=3)
+    for i, row in enumerate(make_pairs(PROFILES["hh"], 6, words, seed=3)):
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True)
+        prompt, full = (x["input_ids"] if hasattr(x, "keys") else x for x in (prompt, full))
+        messages = len(split_turns(int(lengths["prompt"][i]), int(lengths["turns"][i])))
+        assert len(row["prompt"]) == messages
+        assert full[:len(prompt)] == prompt  # TRL's prompt/completion split falls on the template's boundary
+        # the template adds <|role|> and <|end|> per message and <|assistant|>; the response ends with <|end|>
+        assert len(prompt) == lengths["prompt"][i] + 2 * messages + 1
+        assert len(full) - len(prompt) == lengths["chosen"][i] + 1
+    assert split_turns(7, 4) == [1] * 7 and sum(split_turns(100, 3)) == 100

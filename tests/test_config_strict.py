@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("overrides,message", [
     (["+beta.vlue=0.2"], "beta.vlue: not a key of the beta group; did you mean beta.value?"),
-    (["+sft.lora.r=8"], "sft.lora: not a key of the sft group"),
+    (["+sft.lora.rank=8"], "sft.lora.rank: not a key of the sft group"),
     (["+model.dtyp=bfloat16"], "model.dtyp: not a key of the model group; did you mean model.dtype?"),
     (["+checkpoint.every=5"], "checkpoint.every: not a key of the checkpoint group"),
     (["+seeed=1"], "seeed: not a key of the config; did you mean seed?"),

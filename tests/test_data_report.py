@@ -127,7 +127,7 @@ def test_drop_threshold_stops_with_one_line(root, tokenizer, monkeypatch, capsys
     assert "dropped 3 (33.3%, limit 5.0%)" in capsys.readouterr().out  # the report is printed first
     data = load_preference_data(config(root, "shp", "data.max_drop_fraction=0.34"), tokenizer)
     assert (len(data.train_pairs), len(data.test_pairs), len(data.eval_prompts)) == (4, 2, 2)
-    assert data.judge is None and data.report["drop_fraction"] == pytest.approx(3 / 9)
+    assert data.report["drop_fraction"] == pytest.approx(3 / 9)
     assert set(data.train_pairs.column_names) == {"prompt", "chosen", "rejected"}
     assert set(data.sft.column_names) == {"prompt", "completion"}
 
@@ -150,7 +150,7 @@ def test_synthetic_report_shows_no_drops_and_keeps_the_generated_rows(root, toke
     expected = [to_conversational(r) for r in synthetic.make_preference_rows(512, cfg.seed, "train")]
     assert data.train_pairs.to_list() == expected  # same rows, same order as the generator's
     assert data.sft.to_list() == [to_conversational(r) for r in synthetic.make_sft_rows(512, cfg.seed)]
-    assert len(data.eval_prompts) == 32 and data.judge is synthetic.judge
+    assert len(data.eval_prompts) == 32
 
 
 def test_token_ids_match_trl_tokenization(tokenizer):

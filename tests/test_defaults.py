@@ -16,9 +16,9 @@ from omegaconf import MISSING
 from train.config import schema
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = {"model": schema.ModelConfig, "data": schema.DataConfig, "beta": schema.BetaConfig,
-          "deepspeed": schema.DeepSpeedConfig, "sft": schema.StageConfig, "dpo": schema.DPOStageConfig,
-          "eval": schema.EvalConfig, "wandb": schema.WandbConfig}
+GROUPS = {"model": schema.ModelConfig, "data": schema.DataConfig, "judge": schema.JudgeConfig,
+          "beta": schema.BetaConfig, "deepspeed": schema.DeepSpeedConfig, "sft": schema.SFTStageConfig,
+          "dpo": schema.DPOStageConfig, "eval": schema.EvalConfig, "wandb": schema.WandbConfig}
 
 
 def schema_default(f: dataclasses.Field):

@@ -335,3 +335,48 @@ def test_the_seam_rule_catches_a_new_private_access(code):
     modules = dict(project_modules())
     modules[REPO / "train" / "pipeline" / "new_module.py"] = ast.parse(code)
     assert any("new_module.py" in v for v in seam_violations(modules)), code
+
+
+# --- TRL's DPO loss, as beta=adaptive relies on it (train/trainer/adaptive_beta.py MarginProbe, issue 17) --------
+
+
+def test_trl_dpo_loss_calls_the_policy_once_before_reading_beta():
+    """beta=adaptive hands TRL's loss a probe in place of the policy and sets `trainer.beta` when the probe's
+    forward returns: TRL must call the `model` it is given exactly once, read `.log_probs`, and read
+    `self.beta` only after that call; the reference log-probs come from the batch when precompute_ref_logps."""
+    from trl import DPOTrainer
+
+    source = inspect.getsource(DPOTrainer._compute_loss)
+    call = "outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)"  # the other: return_outputs only
+    policy_call = source.find(call)
+    assert source.count(call) == 1 and policy_call != -1, broken("trl", "the DPO loss's policy call changed")
+    assert -1 < source.find("self.beta") and policy_call < source.find("self.beta"), broken(
+        "trl", "the DPO loss reads self.beta before the policy forward")
+    assert "outputs.log_probs[:, -seq_len:]" in source, broken("trl", "the DPO loss's per-token log-probs moved")
+    gate = source.find("if self.precompute_ref_logps:")
+    assert -1 < gate < source.find('inputs["ref_chosen_logps"]'), broken(
+        "trl", "the DPO loss no longer reads precomputed reference log-probs from the batch")
+
+
+# --- TRL's fused LM head, which train/trainer/logps.py wraps for dpo.batching (issue 14) ----------------------
+
+
+def test_trl_dpo_forwards_still_go_through_the_fused_head_with_the_inputs_we_lay_out():
+    """The layouts replace `model(input_ids, attention_mask, use_cache, labels, fused_lm_head=True)` and hand back
+    TRL's per-token fields: TRL's loss and its reference pass must still call it so, and ask for the same fields."""
+    from trl import DPOTrainer
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    from train.trainer import logps
+
+    for method in (DPOTrainer._compute_loss, DPOTrainer.compute_ref_log_probs):
+        source = inspect.getsource(method)
+        for needed in ("fused_lm_head=True", "labels=labels", 'model_kwargs["use_cache"] = False',
+                       '"completion_mask", "ref_chosen_logps", "ref_rejected_logps"'):
+            assert needed in source, broken("trl", f"DPOTrainer.{method.__name__} no longer contains `{needed}`")
+    init = inspect.getsource(DPOTrainer.__init__)
+    asked = "outputs = (" + ", ".join(f'"{name}"' for name in logps.POLICY_OUTPUTS) + ")"
+    assert asked in init, broken("trl", f"DPOTrainer.__init__ no longer sets `{asked}` for its fused head")
+    fields = [f for f in FusedCausalLMOutput.__dataclass_fields__ if f not in ("loss", "label_mask", "aux_loss")]
+    assert fields == ["log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"], broken(
+        "trl", f"FusedCausalLMOutput's per-token fields are now {fields}")

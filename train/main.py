@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from train.config.compose import CONFIG_DIR, compose, register, sweep_combinations
@@ -29,7 +30,7 @@ register()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> dict | None:
+def hydra_main(cfg: DictConfig) -> dict | float | None:
     from train.pipeline.run import run  # deferred: see main()
 
     hydra_cfg = HydraConfig.get()
@@ -41,7 +42,7 @@ def hydra_main(cfg: DictConfig) -> dict | None:
         results = read_json(run_dir / "results.json")
         if slurm_job.global_rank == 0 and results is not None:
             print(f"results: {run_dir / 'results.json'}", flush=True)
-        return results
+        return job_return(cfg, hydra_cfg, results)
     try:
         results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
     except (ConfigError, TrainingAborted) as err:
@@ -57,7 +58,19 @@ def hydra_main(cfg: DictConfig) -> dict | None:
         fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
     if not cfg.dry_run and (run_dir / "results.json").exists():
         print(f"results: {run_dir / 'results.json'}", flush=True)
-    return results
+    return job_return(cfg, hydra_cfg, results)
+
+
+def job_return(cfg: DictConfig, hydra_cfg, results: dict | None) -> dict | float | None:
+    """Hydra's basic sweeper ignores what a job returns; an optimizing one (Optuna: hydra/sweeper=beta_search)
+    maximizes the float it gets: search.metric of this run."""
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("hydra/sweeper") == "basic":
+        return results
+    from train.pipeline.recommend import objective  # deferred: see main()
+
+    value = objective(results or {}, cfg.search.metric)
+    print(f"search: {cfg.search.metric} = {value:.4g}", flush=True)
+    return value
 
 
 def precheck(argv: list[str]) -> None:

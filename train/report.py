@@ -1,17 +1,20 @@
-"""Sweep report: `python -m train.report <sweep dir>`, and Hydra's callback that writes it when a multirun ends.
+"""Sweep report: `python -m train.report <sweep dir> [--kl-budget X]`, and Hydra's callback that writes it when a
+multirun (grid sweep or search) ends.
 
 Writes summary.csv, report.md, reward_vs_kl.png and margins.png into the sweep directory
-(train/pipeline/sweep_report.py says what each holds).
+(train/pipeline/sweep_report.py says what each holds) and prints the recommended beta.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
+from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from train import seams
 from train.core.files import write_json
@@ -19,7 +22,8 @@ from train.core.files import write_json
 
 class SweepReportCallback(Callback):
     """Records each job's outcome in its run directory and writes the report when the multirun ends.
-    conf/config.yaml names it (hydra.callbacks.sweep_report), so Hydra builds it for every run."""
+    conf/config.yaml names it (hydra.callbacks.sweep_report), so Hydra builds it for every run. Hydra calls
+    on_multirun_end after any sweeper's sweep() returns, so a search (Optuna) gets the same report."""
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -34,21 +38,67 @@ class SweepReportCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            print(f"report: {write_report(sweep_dir)}", flush=True)
+            recommendation = write_report(sweep_dir, config.report.kl_budget)
+            print(f"report: {sweep_dir}\n{recommendation.line()}", flush=True)
+            log_to_wandb(config, sweep_dir, recommendation)
 
 
-def write_report(sweep_dir: Path) -> Path:
+def write_report(sweep_dir: Path, kl_budget: Optional[float] = None):
     # Deferred on purpose: this module is imported by every `python -m train` (Hydra builds the callback at
     # start-up), and the report needs matplotlib only when a sweep ends.
     from train.pipeline.sweep_report import write_report as write
 
-    return write(sweep_dir)
+    return write(sweep_dir, kl_budget)
+
+
+def log_to_wandb(config: DictConfig, sweep_dir: Path, recommendation) -> None:
+    """One small W&B run per sweep (job_type sweep-report, in the sweep's group next to its runs) holding the
+    recommendation as its summary and the two plots. A run of its own, because writing into every trial's run
+    would mean resuming each of them after it finished; a failure here loses nothing, the files are written."""
+    import wandb  # deferred: seconds to import, needed once when a sweep ends (this module loads on every start)
+
+    from train.runtime import tracking  # deferred: imports wandb too
+
+    point = recommendation.point
+    summary = {"report/metric": recommendation.metric, "report/kl_budget": recommendation.kl_budget,
+               "report/recommended_beta": None if point is None else point.beta,
+               "report/recommended_run": None if point is None else point.run,
+               "report/recommended_value": None if point is None else point.score,
+               "report/recommended_kl": None if point is None else point.kl, "report/reason": recommendation.reason}
+    try:
+        run = tracking.start_run(config, {"report": summary, "sweep_dir": str(sweep_dir)}, sweep_dir,
+                                 "sweep-report", f"{config.experiment}-report")
+        if run is None:
+            return
+        run.log({f"report/{name}": wandb.Image(str(sweep_dir / f"{name}.png")) for name in ("reward_vs_kl", "margins")})
+        run.summary.update({k: v for k, v in summary.items() if v is not None})
+        tracking.finish(run)
+    except Exception as err:  # the report is on disk already; W&B is a copy of it
+        print(f"wandb: sweep report not logged ({type(err).__name__}: {' '.join(str(err).split())[:200]})", flush=True)
+
+
+def budget_from_runs(sweep_dir: Path) -> Optional[float]:
+    """report.kl_budget as the sweep was run with it (each run's config.yaml), so a rerun reports the same."""
+    for config in sorted(sweep_dir.glob("*/config.yaml")):
+        budget = OmegaConf.select(OmegaConf.load(config), "report.kl_budget")
+        if budget is not None:
+            return float(budget)
+    return None
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m train.report <sweep dir>")
-    print(f"report: {write_report(Path(sys.argv[1]))}")
+    parser = argparse.ArgumentParser(prog="python -m train.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--kl-budget", type=float, default=None,
+                        help="recommend the best beta with KL <= this (default: report.kl_budget the runs used)")
+    args = parser.parse_args()
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    if args.kl_budget is not None and args.kl_budget < 0:
+        parser.error(f"--kl-budget {args.kl_budget}: a KL budget is >= 0 nats per sample")
+    budget = args.kl_budget if args.kl_budget is not None else budget_from_runs(args.sweep_dir)
+    recommendation = write_report(args.sweep_dir, budget)
+    print(f"report: {args.sweep_dir}\n{recommendation.line()}")
 
 
 if __name__ == "__main__":

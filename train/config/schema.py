@@ -1,7 +1,7 @@
 """Typed schema of our own settings (Hydra structured configs), registered as `main_schema`.
 
 One source for every default value:
-  - groups with several options (model, data, beta, deepspeed): the defaults are here, and an option's YAML
+  - groups with several options (model, data, judge, beta, deepspeed): the defaults are here, and an option's YAML
     sets only what it changes, so a new option (your own conf/model/mine.yaml) inherits them;
   - groups with one option (sft, dpo, eval, wandb) and the top-level keys: the values are in the YAML
     (conf/<group>/default.yaml, conf/config.yaml), next to a comment saying why; here they are `???`.
@@ -36,6 +36,22 @@ class TinyModelSpec:
 
 
 @dataclass
+class ArchitectureSpec:
+    """What the memory plan (train/models/memory_plan.py) needs of a model, known without its weights; each
+    conf/model/*.yaml sets it, checked against the model's config.json whenever that is on disk."""
+
+    model_type: str = MISSING  # transformers model_type (llama, qwen2, mistral): builds the config to trace
+    num_hidden_layers: int = MISSING  # decoder layers
+    hidden_size: int = MISSING  # model width
+    intermediate_size: int = MISSING  # MLP width
+    num_attention_heads: int = MISSING  # query heads
+    num_key_value_heads: int = MISSING  # key/value heads (GQA: fewer than the query heads)
+    vocab_size: int = MISSING  # embedding rows (the LM head's width)
+    tie_word_embeddings: bool = False  # the LM head shares the embedding matrix (one copy of V x hidden)
+    num_parameters: Optional[int] = None  # published count, checked against the architecture; null: counted
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = MISSING  # hub id or local directory; for `tiny`, where the built model is saved
     dtype: str = "float32"  # torch dtype to load weights in: float32, bfloat16, float16 or auto
@@ -44,6 +60,7 @@ class ModelConfig:
     chat_template: Optional[str] = None  # a Jinja chat template replacing the tokenizer's; null keeps its own
     revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
     tiny: Optional[TinyModelSpec] = None  # set only for the embedded model: build it from this spec
+    arch: Optional[ArchitectureSpec] = None  # architecture numbers for `python -m train.plan` (no weights needed)
 
 
 @dataclass
@@ -90,7 +107,6 @@ class DataConfig:
     max_rows: Optional[int] = None  # read at most this many rows per split (quick looks at big sources)
     max_drop_fraction: float = 0.05  # stop when more than this share of pairs is dropped as bad data
     conversational: bool = True  # present rows as chat messages so the model's chat template applies
-    judge: Optional[str] = None  # rule-based reward for evaluation (train/data JUDGES); null: none
     options: dict[str, Any] = field(default_factory=dict)  # source-specific settings (see conf/data/<name>.yaml)
     ranking: RankingSpec = field(default_factory=RankingSpec)  # ranked sources only (eli5, custom responses/scores)
     columns: ColumnsSpec = field(default_factory=ColumnsSpec)  # data=custom only
@@ -98,11 +114,29 @@ class DataConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """What scores samples after DPO (train/models/judges.py); the data group picks the default (conf/judge/)."""
+
+    kind: str = MISSING  # none, reward_model, or a rule of train/data JUDGES (sentiment); one per judge/*.yaml
+    name_or_path: Optional[str] = None  # reward_model: an AutoModelForSequenceClassification directory or hub id
+    revision: Optional[str] = None  # reward_model: hub revision (branch, tag or commit) to pin
+    dtype: str = "float32"  # reward_model: torch dtype to load it in: float32, bfloat16, float16 or auto
+    batch_size: int = 16  # reward_model: prompt+response sequences per forward pass
+    max_length: int = 1024  # reward_model: tokens scored per sequence; longer ones lose the start of the prompt
+    chat_template: Optional[str] = None  # reward_model: replaces its tokenizer's template (chatml, a file or Jinja)
+    trust_remote_code: bool = False  # reward_model: run code shipped with it: only for models you trust
+
+
+@dataclass
 class BetaConfig:
-    schedule: str = MISSING  # constant, linear or cosine (one per beta/*.yaml; train/trainer/beta.py SCHEDULES)
-    value: float = 0.1  # DPO temperature; for schedules, the value at step 0
+    schedule: str = MISSING  # constant, linear, cosine or adaptive (one per beta/*.yaml; train/trainer/beta.py KINDS)
+    value: float = 0.1  # DPO temperature; for schedules, the value at step 0; for adaptive, beta0
     final: Optional[float] = None  # schedules only: the value at the last step
     warmup_steps: int = 0  # schedules only: steps held at `value` before the schedule starts
+    # adaptive only (beta-DPO, Wu et al. 2024; the paper's values): beta = value * (1 + alpha * (mean kept margin - M0))
+    alpha: float = 0.6  # how strongly the batch's margins move beta (paper's README example: 0.6; 0 = constant)
+    rho: float = 0.2  # share of each batch's pairs left out of the loss, far from the running mean (paper: 0.2; 0 = off)
+    momentum: float = 0.9  # moving-average weight of the margins' running mean M0 and std (paper: 0.9)
 
 
 @dataclass
@@ -119,7 +153,7 @@ class StageConfig:
 
 @dataclass
 class LoraSpec:
-    """LoRA adapters for dpo.reference=lora: the reference is the base model with adapters disabled."""
+    """LoRA adapters (peft.LoraConfig), as sft.lora and dpo.lora set them; values in conf/{sft,dpo}/default.yaml."""
 
     r: int = MISSING  # adapter rank
     alpha: int = MISSING  # scaling numerator (scale = alpha / r)
@@ -128,12 +162,33 @@ class LoraSpec:
 
 
 @dataclass
+class SFTLoraSpec(LoraSpec):
+    """sft.lora: train adapters instead of all weights; the published SFT model is merged (train/models/adapters.py)."""
+
+    enabled: bool = MISSING  # false: full fine-tuning
+
+
+@dataclass
+class DPOLoraSpec(LoraSpec):
+    """dpo.lora, for dpo.reference=lora: the reference is the policy with adapters disabled."""
+
+    merge: bool = MISSING  # also write merged full weights: policy/ is a plain model, the adapter in policy/adapter/
+
+
+@dataclass
+class SFTStageConfig(StageConfig):
+    lora: SFTLoraSpec = field(default_factory=SFTLoraSpec)  # adapters instead of full fine-tuning
+
+
+@dataclass
 class DPOStageConfig(StageConfig):
     # Where reference log-probs come from: model (a frozen second copy, sharded like the policy under
     # ZeRO-3), precomputed (once before training; no reference in memory while training), lora (train
     # adapters; the reference is the same weights with adapters disabled, no second copy at all).
     reference: str = MISSING
-    lora: LoraSpec = field(default_factory=LoraSpec)  # used by reference=lora
+    # Layout of a DPO micro-batch (train/trainer/layouts.py): auto, padded, packed or prefix_shared.
+    batching: str = MISSING
+    lora: DPOLoraSpec = field(default_factory=DPOLoraSpec)  # used by reference=lora
 
 
 @dataclass
@@ -175,18 +230,41 @@ class FaultsConfig:
 
 
 @dataclass
+class ReportConfig:
+    # The sweep report recommends the best beta whose KL(policy || reference) is at most this; null: no budget.
+    kl_budget: Optional[float] = MISSING
+
+
+@dataclass
+class SearchConfig:
+    # What an optimizing sweeper (hydra/sweeper=beta_search) maximizes: `auto` or a results.json path
+    # (train/pipeline/recommend.py OBJECTIVES).
+    metric: str = MISSING
+
+
+@dataclass
+class PlanConfig:
+    # At launch on GPUs, stop before loading when the memory plan says the config cannot fit (train/plan.py).
+    check: bool = MISSING
+
+
+@dataclass
 class MainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     beta: BetaConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
-    sft: StageConfig = MISSING
+    judge: JudgeConfig = MISSING
+    sft: SFTStageConfig = MISSING
     dpo: DPOStageConfig = MISSING
     eval: EvalConfig = MISSING
     wandb: WandbConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     stage: str = MISSING  # all, sft, dpo or eval
     seed: int = MISSING  # one seed for data generation, model init and trainers
     dry_run: bool = MISSING  # build everything, print a summary, stop before training

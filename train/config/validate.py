@@ -62,7 +62,7 @@ def check_beta(beta: DictConfig) -> None:
         value = beta[key]
         if value is not None and value <= 0:
             raise ConfigError(f"beta.{key}={value}: beta must be > 0 (typical 0.05-0.5)")
-    if beta.schedule != "constant" and beta.final is None:
+    if beta.schedule not in ("constant", "adaptive") and beta.final is None:  # only step schedules end somewhere
         raise ConfigError(f"beta.final is required by beta={beta.schedule}: set beta.final=<value>")
 
 

@@ -37,6 +37,7 @@ from train.data.loading import fingerprint, read_source
 from train.data.sources import get_source, resolve_options
 from train.data.validation import format_report, threshold_message
 
+# Rule-based judges by name (judge=<name>; train/models/judges.py): response text -> reward.
 JUDGES: dict[str, Callable[[str], float]] = {"sentiment": synthetic.judge}
 SPLITS = ("sft", "train_pairs", "test_pairs", "eval_prompts")
 COLUMNS = {"sft": ("prompt", "completion"), "eval_prompts": ("prompt",)}
@@ -48,7 +49,6 @@ class PreferenceData:
     train_pairs: "datasets.Dataset"  # noqa: F821
     test_pairs: "datasets.Dataset"  # noqa: F821
     eval_prompts: "datasets.Dataset"  # noqa: F821
-    judge: Optional[Callable[[str], float]]
     files: dict[str, str]
     report: dict = field(default_factory=dict)  # validation report: rows kept, dropped/fixed by reason
 
@@ -60,9 +60,7 @@ class PreferenceData:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The data group's choices, against the registries that define them (sources, judges)."""
-    if cfg.data.judge is not None and cfg.data.judge not in JUDGES:
-        raise ConfigError(f"data.judge={cfg.data.judge}: choose one of {', '.join(JUDGES)} or null")
+    """The data group's choices, against the registries that define them (sources)."""
     if cfg.data.name == "synthetic" and cfg.data.synthetic is None:
         raise ConfigError("data.synthetic is required by data=synthetic: restore it from conf/data/synthetic.yaml")
     resolve_options(cfg.data)
@@ -200,5 +198,4 @@ def load_preference_data(cfg: DictConfig, tokenizer=None) -> PreferenceData:
     loaded = {split: read_split(path, split) for split, path in files.items()}
     eval_prompts = loaded["eval_prompts"]
     loaded["eval_prompts"] = eval_prompts.select(range(min(len(eval_prompts), cfg.eval.num_prompts)))
-    judge = JUDGES[cfg.data.judge] if cfg.data.judge else None
-    return PreferenceData(judge=judge, files=files, report=report, **loaded)
+    return PreferenceData(files=files, report=report, **loaded)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from peft import AutoPeftModelForCausalLM
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from train.core.errors import ConfigError
 from train.data import synthetic
+from train.models.adapters import is_adapter, load_merged
 from train.models.tiny import build_tiny_model
 
 
@@ -75,9 +75,10 @@ def load_tokenizer(cfg: DictConfig, path: str):
 
 
 def load_model(cfg: DictConfig, path: str):
-    """A full model from `path`; a LoRA adapter directory is loaded onto its base and merged."""
-    if (Path(path) / "adapter_config.json").exists():
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=cfg.model.dtype).merge_and_unload()
+    """A full model from `path`; a LoRA adapter directory is loaded onto its base (the absolute path pinned
+    in adapter_config.json, train/models/adapters.py) and merged."""
+    if is_adapter(path):
+        return load_merged(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=cfg.model.dtype,

@@ -1,21 +1,29 @@
-"""After DPO: sample held-out prompts from policy and reference, judge the samples, estimate the KL.
+"""After DPO: sample held-out prompts from policy and reference, estimate the KL, judge the samples.
 
 KL(policy || reference) is estimated as in the DPO paper's reward-KL frontier (fig. 2): the mean over
 policy samples y ~ pi(.|x) of sum_t [log pi(y_t|x, y_<t) - log pi_ref(y_t|x, y_<t)].
+
+Each prompt has its own random stream (seeded by `seed` and the prompt's index), so its samples do not
+depend on the batch it shares or on how the prompts are spread over ranks: 1 and N processes sample the same
+texts (train/pipeline/evaluate.py shards the prompts and gathers the records).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
-def win_rate(policy_scores: list[float], reference_scores: list[float]) -> float:
-    """Share of prompts where the policy's sample beats the reference's; a tie counts half."""
-    wins = sum(1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(policy_scores, reference_scores))
-    return wins / len(policy_scores)
+def win_rate(scores: list[float], other_scores: list[float]) -> float:
+    """Share of items where `scores` beats `other_scores`; a tie counts half. Policy vs reference samples gives the
+    win rate; a judge's chosen vs rejected scores of preference pairs gives its agreement with the labels."""
+    wins = sum(1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(scores, other_scores))
+    return wins / len(scores)
 
 
 def render_prompts(tokenizer, prompts: list, conversational: bool) -> list[str]:
@@ -24,18 +32,47 @@ def render_prompts(tokenizer, prompts: list, conversational: bool) -> list[str]:
     return list(prompts)
 
 
+def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of this rank's contiguous share of `count` items; shares differ by at most one item and,
+    taken in rank order, cover 0..count-1 exactly once."""
+    return count * rank // world_size, count * (rank + 1) // world_size
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """32 bits (torch's CPU generator, mt19937, keeps only the low 32 bits of a seed), mixed from both."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+
+
+class PerPromptSampling(LogitsProcessor):
+    """Sampling with one random stream per row, for generate(do_sample=False): argmax(logits / T + Gumbel noise)
+    is an exact draw from softmax(logits / T) (the Gumbel-max trick), and row i's noise comes from its own
+    generator. torch's sampling in generate() draws the whole batch from one stream, so a prompt's sample would
+    change with its batch-mates. temperature=0 is greedy."""
+
+    def __init__(self, seeds: list[int], temperature: float):
+        self.seeds, self.temperature, self.generators = seeds, temperature, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.temperature == 0:
+            return scores
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
+        return scores.float() / self.temperature - torch.log(-torch.log(uniform))
+
+
 @torch.no_grad()
-def sample(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, seed: int):
-    """Returns (prompt+completion ids, completion mask, decoded completions) for one batch, left-padded."""
+def sample(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, seeds: list[int]):
+    """Returns (prompt+completion ids, attention mask, completion mask, decoded completions) for one batch, left-padded."""
     tokenizer.padding_side = "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    torch.manual_seed(seed)
     out = model.generate(
         **batch,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
+        do_sample=False,  # the sampling is PerPromptSampling's
+        logits_processor=LogitsProcessorList([PerPromptSampling(seeds, temperature)]),
+        # Unset what a model's generation_config.json may set (Qwen: temperature, top_p, top_k, repetition
+        # penalty): samples from the model's own distribution are what the KL estimate assumes.
+        temperature=None, top_k=None, top_p=None, repetition_penalty=None,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -61,37 +98,41 @@ def sequence_logps(model, ids: torch.Tensor, attention: torch.Tensor, completion
     return (logps[:, prompt_len - 1 :] * completion_mask).sum(dim=1)
 
 
-def evaluate(
-    policy,
-    reference,
-    tokenizer,
-    prompts: list,
-    conversational: bool,
-    judge: Optional[Callable[[str], float]],
-    max_new_tokens: int,
-    temperature: float,
-    batch_size: int,
-    seed: int,
-) -> tuple[dict, list[dict]]:
-    texts = render_prompts(tokenizer, prompts, conversational)
-    kls, samples = [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        ids, attn, mask, policy_texts = sample(policy, tokenizer, chunk, max_new_tokens, temperature, seed + start)
-        kls += (sequence_logps(policy, ids, attn, mask) - sequence_logps(reference, ids, attn, mask)).tolist()
-        _, _, _, reference_texts = sample(reference, tokenizer, chunk, max_new_tokens, temperature, seed + start)
-        for prompt, p, r in zip(chunk, policy_texts, reference_texts):
-            samples.append({"prompt": prompt, "policy": p, "reference": r})
-    metrics = {"kl_to_reference": sum(kls) / len(kls), "num_prompts": len(texts)}
-    if judge is not None:
-        policy_scores = [judge(s["policy"]) for s in samples]
-        reference_scores = [judge(s["reference"]) for s in samples]
-        for s, p, r in zip(samples, policy_scores, reference_scores):
-            s.update(policy_reward=p, reference_reward=r)
-        metrics.update(
-            judge_reward=sum(policy_scores) / len(samples),
-            reference_judge_reward=sum(reference_scores) / len(samples),
-            win_rate_vs_reference=win_rate(policy_scores, reference_scores),
-        )
-    assert all(math.isfinite(v) for v in metrics.values())
-    return metrics, samples
+def sample_prompts(policy, reference, tokenizer, texts: list[str], indices: list[int], max_new_tokens: int,
+                   temperature: float, batch_size: int, seed: int, progress: bool = False) -> list[dict]:
+    """One record per prompt: {index, prompt, policy, reference, log_ratio}. `texts` are rendered prompts and
+    `indices` their places among all eval prompts (which seed their samples). Policy and reference draw with the
+    same per-prompt seeds (common random numbers: a smaller variance of the win rate)."""
+    records = []
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="eval: sampling", unit="batch", disable=not progress or not starts):
+        chunk, chunk_indices = texts[start : start + batch_size], indices[start : start + batch_size]
+        seeds = [prompt_seed(seed, i) for i in chunk_indices]
+        ids, attn, mask, policy_texts = sample(policy, tokenizer, chunk, max_new_tokens, temperature, seeds)
+        log_ratios = (sequence_logps(policy, ids, attn, mask) - sequence_logps(reference, ids, attn, mask)).tolist()
+        _, _, _, reference_texts = sample(reference, tokenizer, chunk, max_new_tokens, temperature, seeds)
+        for i, prompt, p, r, lr in zip(chunk_indices, chunk, policy_texts, reference_texts, log_ratios):
+            records.append({"index": i, "prompt": prompt, "policy": p, "reference": r, "log_ratio": lr})
+    return records
+
+
+def judge_records(judge, records: list[dict], prompts: list) -> None:
+    """Adds policy_reward and reference_reward to each record; `prompts` as the data gives them, by index."""
+    raw = [prompts[r["index"]] for r in records]
+    rewards = judge.score(raw + raw, [r["policy"] for r in records] + [r["reference"] for r in records])
+    for record, p, r in zip(records, rewards[: len(records)], rewards[len(records) :]):
+        record.update(policy_reward=p, reference_reward=r)
+
+
+def eval_metrics(records: list[dict], agreement: Optional[float]) -> dict:
+    """results.json's evaluation fields from all prompts' records (judged or not) and the judge's agreement with
+    the held-out preference labels."""
+    metrics = {"kl_to_reference": sum(r["log_ratio"] for r in records) / len(records), "num_prompts": len(records),
+               "judge_reward": None, "reference_judge_reward": None, "win_rate_vs_reference": None,
+               "judge_agreement": agreement}
+    if records and "policy_reward" in records[0]:
+        policy, reference = [r["policy_reward"] for r in records], [r["reference_reward"] for r in records]
+        metrics.update(judge_reward=sum(policy) / len(records), reference_judge_reward=sum(reference) / len(records),
+                       win_rate_vs_reference=win_rate(policy, reference))
+    assert all(math.isfinite(v) for v in metrics.values() if v is not None)
+    return metrics

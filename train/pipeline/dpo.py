@@ -13,13 +13,15 @@ from train.core.memory import peak_rss_mb
 from train.core.ranks import num_machines
 from train.core.trees import flatten
 from train.data import PreferenceData
+from train.models.adapters import ADAPTER_DIR, merge_adapter, pin_base_model
 from train.models.loading import load_tokenizer
-from train.pipeline.plan import warn_before_training
+from train.pipeline.plan import announce_training
 from train.pipeline.results import DPOResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
 from train.trainer.builders import build_dpo_trainer, reference_forward
+from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
 
 
@@ -29,15 +31,18 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     trainer = build_dpo_trainer(cfg, str(reference), data, load_tokenizer(cfg, str(reference)), run_dir / "dpo",
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))})
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
-    warn_before_training("dpo", trainer, len(data.train_pairs))
+    announce_training("dpo", cfg, trainer, len(data.train_pairs))
+    ConsoleLogCallback.attach(trainer, "dpo")  # a line of numbers per logging step, not a dict of strings
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     resume_from = train_resumably(cfg, trainer, run_signature(cfg, trainer, data.content_fingerprint()), run_dir, wandb_run)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
-    trainer.save_model(str(policy_dir))  # under ZeRO-3 the weights are gathered into one full model
+    merge = cfg.dpo.reference == "lora" and cfg.dpo.lora.merge
+    # Under ZeRO-3 the weights (or the adapter) are gathered into one full copy on the main process.
+    trainer.save_model(str(policy_dir / ADAPTER_DIR if merge else policy_dir))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
-        mark_complete(policy_dir)
+        finish_policy(cfg, policy_dir, reference, merge)
     runtime_s = time.perf_counter() - start
     distributed = distributed_summary(cfg, trainer)
     tracking.log_summary(wandb_run, flatten({"distributed": {f"rank{r['rank']}": {k: v for k, v in r.items() if k != "rank"}
@@ -55,6 +60,17 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
         distributed=distributed,
         wandb=tracking.run_info(wandb_run, cfg),
     )
+
+
+def finish_policy(cfg: DictConfig, policy_dir: Path, reference: Path, merge: bool) -> None:
+    """A LoRA policy names its base (the reference) by absolute path, so it loads after the run directory moves;
+    with dpo.lora.merge, policy/ holds merged full weights and the adapter moves to policy/adapter/."""
+    if cfg.dpo.reference == "lora":
+        adapter = policy_dir / ADAPTER_DIR if merge else policy_dir
+        pin_base_model(adapter, str(reference), cfg.model.revision)
+        if merge:  # meanwhile the other ranks wait in distributed_summary's gather (faults.collective_timeout_s)
+            merge_adapter(adapter, policy_dir, cfg.model)
+    mark_complete(policy_dir)
 
 
 def distributed_summary(cfg: DictConfig, trainer) -> dict:

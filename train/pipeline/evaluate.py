@@ -1,40 +1,95 @@
-"""Evaluation stage: sample held-out prompts from policy and reference, judge them, estimate the KL."""
+"""Evaluation stage: sample held-out prompts from policy and reference, estimate the KL, judge the samples and
+the held-out pairs. Every rank takes its share of the prompts and pairs; the records are gathered in prompt
+order, so 1 and N processes report the same samples and metrics (train/models/sampling.py)."""
 
 from __future__ import annotations
 
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
 from omegaconf import DictConfig
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from train.core.files import write_jsonl
-from train.core.ranks import is_main_process
+from train.core.ranks import is_main_process, world_size
 from train.data import PreferenceData
+from train.models import judges
 from train.models.loading import load_model, load_tokenizer
-from train.models.sampling import evaluate
+from train.models.sampling import eval_metrics, judge_records, render_prompts, sample_prompts, shard_bounds, win_rate
+from train.pipeline.plan import eval_banner
 from train.pipeline.results import EvalResult
+from train.runtime.distributed import gather_rank_figures, is_distributed, setup_process_group
 
 
 def run_eval(cfg: DictConfig, policy_path: Path, reference_path: Path, data: PreferenceData, run_dir: Path) -> EvalResult:
-    if not is_main_process():
-        return EvalResult(metrics={}, reference_judge_reward=None, runtime_s=0.0)
-    # Evaluation loads whole models on one process; with the trainer's ZeRO-3 config still registered,
+    # Evaluation loads whole models on every rank; with the trainer's ZeRO-3 config still registered,
     # from_pretrained would partition them with zero.Init and wait forever for the other ranks.
     unset_hf_deepspeed_config()
     start = time.perf_counter()
-    tokenizer = load_tokenizer(cfg, str(policy_path))
-    policy, reference = load_model(cfg, str(policy_path)).eval(), load_model(cfg, str(reference_path)).eval()
+    rank, world, device = join_process_group(cfg)
     prompts = data.eval_prompts["prompt"][: cfg.eval.num_prompts]
-    metrics, samples = evaluate(
-        policy, reference, tokenizer, prompts, cfg.data.conversational, data.judge,
-        cfg.eval.max_new_tokens, cfg.eval.temperature, cfg.eval.batch_size, cfg.seed,
-    )
-    write_jsonl(run_dir / "eval_samples.jsonl", samples)
-    if abs(metrics["kl_to_reference"]) < 1e-6 and all(x["policy"] == x["reference"] for x in samples):
-        print("warning: the policy ends identical to its reference (KL 0, identical samples): DPO changed nothing; "
-              "check dpo.args.learning_rate, the number of steps and the data", flush=True)
-    reference_reward = metrics.pop("reference_judge_reward", None)
-    metrics.setdefault("judge_reward", None)
-    metrics.setdefault("win_rate_vs_reference", None)
-    return EvalResult(metrics=metrics, reference_judge_reward=reference_reward, runtime_s=time.perf_counter() - start)
+    if is_main_process():
+        print(eval_banner(len(prompts), world, cfg.eval.max_new_tokens, cfg.eval.temperature, judges.describe(cfg)),
+              flush=True)
+    low, high = shard_bounds(len(prompts), rank, world)
+    records = sample_share(cfg, policy_path, reference_path, prompts[low:high], list(range(low, high)), device)
+    judge = judges.load_judge(cfg, device, progress=is_main_process())
+    pair_scores = []
+    if judge is not None:
+        judge_records(judge, records, prompts)
+        pair_scores = judge_pairs(judge, data, rank, world)
+    del judge  # a reward model's memory, before the gather
+    records = [r for share in gather_rank_figures(records) for r in share]
+    pair_scores = [s for share in gather_rank_figures(pair_scores) for s in share]
+    assert [r["index"] for r in records] == list(range(len(prompts)))
+    agreement = win_rate(*zip(*pair_scores)) if pair_scores else None
+    metrics = {**eval_metrics(records, agreement), "judge": judges.describe(cfg)}
+    if is_main_process():
+        write_jsonl(run_dir / "eval_samples.jsonl", records)
+        if abs(metrics["kl_to_reference"]) < 1e-6 and all(x["policy"] == x["reference"] for x in records):
+            print("warning: the policy ends identical to its reference (KL 0, identical samples): DPO changed "
+                  "nothing; check dpo.args.learning_rate, the number of steps and the data", flush=True)
+    return EvalResult(metrics=metrics, reference_judge_reward=metrics["reference_judge_reward"],
+                      runtime_s=time.perf_counter() - start)
+
+
+def join_process_group(cfg: DictConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) for evaluation. After DPO the trainer's process group is up; stage=eval on its
+    own trains nothing, so under a multi-process launch it joins the group here (CPU: the gloo workaround of
+    train/runtime/distributed.py; GPU: accelerate's own nccl setup). Each rank evaluates on its local GPU."""
+    if world_size() > 1 and not is_distributed():
+        setup_process_group(use_deepspeed=False, timeout_s=cfg.faults.collective_timeout_s)
+        if not is_distributed():
+            PartialState(timeout=timedelta(seconds=cfg.faults.collective_timeout_s))
+    if not is_distributed():
+        rank, world = 0, 1
+    else:
+        rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def sample_share(cfg: DictConfig, policy_path: Path, reference_path: Path, prompts: list, indices: list[int],
+                 device: torch.device) -> list[dict]:
+    """This rank's prompts sampled from policy and reference (both whole, on `device`, freed on return)."""
+    tokenizer = load_tokenizer(cfg, str(policy_path))
+    policy = load_model(cfg, str(policy_path)).to(device).eval()
+    reference = load_model(cfg, str(reference_path)).to(device).eval()
+    texts = render_prompts(tokenizer, prompts, cfg.data.conversational)
+    return sample_prompts(policy, reference, tokenizer, texts, indices, cfg.eval.max_new_tokens, cfg.eval.temperature,
+                          cfg.eval.batch_size, cfg.seed, progress=is_main_process())
+
+
+def judge_pairs(judge, data: PreferenceData, rank: int, world: int) -> list[tuple[float, float]]:
+    """(judge(chosen), judge(rejected)) for this rank's share of the held-out pairs: does the judge agree with the
+    data's labels? (The lexicon judge made the synthetic labels, so it agrees by construction.)"""
+    low, high = shard_bounds(len(data.test_pairs), rank, world)
+    pairs = data.test_pairs[low:high] if high > low else {"prompt": [], "chosen": [], "rejected": []}
+    responses = [judges.response_text(r) for r in pairs["chosen"] + pairs["rejected"]]
+    scores = judge.score(pairs["prompt"] + pairs["prompt"], responses)
+    return list(zip(scores[: high - low], scores[high - low :]))

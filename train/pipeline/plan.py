@@ -1,9 +1,12 @@
 """What a stage will do, from its trainer arguments and its rows: optimizer steps, the global batch, and the
-settings a user would want to hear about before it trains (make dry-run prints them; each stage says them at start)."""
+settings a user would want to hear about before it trains (make dry-run prints them; each stage says them at start,
+after its one-line banner: what runs, on how many processes, how many steps)."""
 
 from __future__ import annotations
 
 import math
+
+from omegaconf import DictConfig
 
 from train.core.ranks import is_main_process
 
@@ -31,7 +34,49 @@ def plan_warnings(stage: str, plan: dict, rows: int) -> list[str]:
     return out
 
 
-def warn_before_training(stage: str, trainer, rows: int) -> None:
+def count(n: float, noun: str) -> str:
+    """`1 process`, `2 processes`, `1.5 epochs`."""
+    shown = int(n) if float(n).is_integer() else n
+    return f"{shown} {noun}" if n == 1 else f"{shown} {noun}es" if noun.endswith("s") else f"{shown} {noun}s"
+
+
+def training_banner(stage: str, args, rows: int, processes: int, unit: str, details: str = "") -> str:
+    """One line saying what a training stage is about to do, e.g. `== sft: training 188 optimizer steps on 1
+    process (batch 32 x 1 accumulation x 1 process = 32 rows/step; 3000 rows, 2 epochs) ==`."""
+    plan = optimizer_steps(args, rows, processes)
+    length = f"max_steps {args.max_steps}" if args.max_steps > 0 else count(plan["epochs"], "epoch")
+    batch = (f"batch {args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
+             f"{count(processes, 'process')} = {plan['global_batch']} {unit}/step; {rows} {unit}, {length}")
+    return (f"== {stage}: training {count(plan['optimizer_steps'], 'optimizer step')} on {count(processes, 'process')} "
+            f"({batch}){'; ' + details if details else ''} ==")
+
+
+def eval_banner(prompts: int, processes: int, max_new_tokens: int, temperature: float, judge) -> str:
+    return (f"== eval: sampling {count(prompts, 'held-out prompt')} from policy and reference on "
+            f"{count(processes, 'process')} (up to {max_new_tokens} new tokens, temperature {temperature:g}), "
+            f"judge: {judge or 'none'} ==")
+
+
+def stage_details(cfg: DictConfig, stage: str) -> str:
+    """What else decides how a stage trains: adapters, and for DPO beta, the reference and the ZeRO stage."""
+    zero = deepspeed_text(cfg.deepspeed.stage, cfg.deepspeed.config)
+    if stage == "sft":
+        return ", ".join(x for x in (f"LoRA r {cfg.sft.lora.r}" if cfg.sft.lora.enabled else "", zero) if x)
+    return f"beta {cfg.beta.value:g} ({cfg.beta.schedule}), reference {cfg.dpo.reference}, {zero}"
+
+
+def deepspeed_text(stage: int, config) -> str:
+    if config is None:
+        return "no DeepSpeed"
+    zero = config.get("zero_optimization", {})
+    offload = any((zero.get(k) or {}).get("device", "none") != "none" for k in ("offload_optimizer", "offload_param"))
+    return f"ZeRO-{stage}{' with CPU offload' if offload else ''}"
+
+
+def announce_training(stage: str, cfg: DictConfig, trainer, rows: int) -> None:
+    """The stage's banner, then what a user would want to hear before it trains (main process only)."""
     if is_main_process():
-        for line in plan_warnings(stage, optimizer_steps(trainer.args, rows, trainer.accelerator.num_processes), rows):
+        processes, unit = trainer.accelerator.num_processes, "pairs" if stage == "dpo" else "rows"
+        print(training_banner(stage, trainer.args, rows, processes, unit, stage_details(cfg, stage)), flush=True)
+        for line in plan_warnings(stage, optimizer_steps(trainer.args, rows, processes), rows):
             print(line, flush=True)

@@ -54,7 +54,10 @@ class DPOResult:
 
 @dataclass
 class EvalResult:
-    metrics: dict  # kl_to_reference, num_prompts, judge_reward, win_rate_vs_reference
+    # kl_to_reference, num_prompts, judge (what judged), judge_reward and reference_judge_reward (mean reward of
+    # policy / reference samples), win_rate_vs_reference (ties half), judge_agreement (held-out pairs where the
+    # judge prefers the chosen response, ties half); judge fields None without a judge
+    metrics: dict
     reference_judge_reward: Optional[float]
     runtime_s: float
 
@@ -84,6 +87,21 @@ def add_eval(results: dict, evaluation: EvalResult) -> None:
     results["runtime_s"]["eval"] = evaluation.runtime_s
     results.setdefault("sft", {})["judge_reward"] = evaluation.reference_judge_reward
     results.setdefault("dpo", {}).update(evaluation.metrics)
+
+
+# results.json's dpo fields logged to W&B as final/<name> after evaluation; held-out pair metrics (DPO's implicit
+# reward on the test pairs, from trainer.evaluate) under their own names.
+FINAL_FIELDS = ("judge_reward", "reference_judge_reward", "win_rate_vs_reference", "kl_to_reference", "judge_agreement",
+                "num_prompts")
+FINAL_HELD_OUT = {"held_out_accuracy": "rewards/accuracies", "held_out_margin": "rewards/margins"}
+
+
+def final_metrics(results: dict) -> dict[str, float]:
+    """The run's final numbers for W&B (final/*), those that exist (a run without a judge has no judge reward)."""
+    dpo = results.get("dpo", {})
+    values = {name: dpo.get(name) for name in FINAL_FIELDS}
+    values.update({name: dpo.get("held_out", {}).get(key) for name, key in FINAL_HELD_OUT.items()})
+    return {f"final/{name}": value for name, value in values.items() if value is not None}
 
 
 def write_results(run_dir: Path, results: dict) -> Path:

@@ -13,13 +13,16 @@ from train.core.locks import hold_exclusive
 from train.core.ranks import is_main_process, num_machines
 from train.core.trees import flatten
 from train.data import load_preference_data
+from train.models.adapters import check_target_modules
+from train.models.judges import check_reward_model
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
 from train.pipeline.dpo import run_dpo
 from train.pipeline.dry_run import dry_run
 from train.pipeline.evaluate import run_eval
-from train.pipeline.results import add_dpo, add_eval, add_sft, start_results, write_results
+from train.pipeline.results import add_dpo, add_eval, add_sft, final_metrics, start_results, write_results
 from train.pipeline.sft import require_model, run_sft, sft_output_dir
+from train.pipeline.summary import print_settings, print_summary
 from train.runtime import tracking
 from train.runtime.distributed import check_offload_memory
 from train.runtime.safe_load import enforce_weights_only
@@ -29,11 +32,16 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
     enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank (issue 12)
     if not cfg.dry_run and finished(cfg, run_dir):
-        return read_json(run_dir / "results.json")
+        done = read_json(run_dir / "results.json")
+        print_summary(done, run_dir)
+        return done
+    print_settings(cfg, run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_path = ensure_base_model(cfg)
+    check_target_modules(cfg, base_path)  # LoRA layer names, against the model's own (its config, no weights)
     check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())
     data = load_preference_data(cfg, load_tokenizer(cfg, base_path))
+    check_reward_model(cfg)  # its config and tokenizer now, not after training (no weights read)
     if cfg.dry_run:
         return dry_run(cfg, base_path, data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,12 +69,13 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
         add_eval(results, evaluation)
         if wandb_run is None:  # stage=eval on its own: add to the DPO stage's W&B run
             wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, results.get("wandb", {}).get("run_id"))
-        tracking.log_summary(wandb_run, {f"final/{k}": v for k, v in evaluation.metrics.items() if v is not None})
+        tracking.log_summary(wandb_run, final_metrics(results))
     tracking.finish(wandb_run)
     if is_main_process():
         write_results(run_dir, results)
         if cfg.stage in ("all", "eval"):
             mark_complete(run_dir)  # last: a rerun of the same command finds the run finished
+    print_summary(results, run_dir)
     return results
 
 

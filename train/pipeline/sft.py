@@ -7,7 +7,8 @@ every `checkpoint.every_steps` steps, signed with world size, global batch, seed
 signal saves one at the next step boundary, records the stop in the run directory's preemptions.jsonl and
 requeues (train/pipeline/resumable.py); the rerun continues exactly from the newest complete checkpoint. Once
 trained, the checkpoints are deleted and the model is marked COMPLETE and renamed to `<key>/`, which every
-run with the same inputs reuses.
+run with the same inputs reuses. With sft.lora the trained adapter is kept in `<key>/adapter/` and `<key>/`
+holds it merged into full weights, so DPO and every later stage load a plain model directory.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete, memoized_sha256, remove_orphans
 from train.data import PreferenceData
 from train.data.preference import data_identity, hash_memo_dir
+from train.models.adapters import ADAPTER_DIR, merge_adapter, pin_base_model
 from train.models.loading import load_tokenizer
-from train.pipeline.plan import warn_before_training
+from train.pipeline.plan import announce_training
 from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
 from train.trainer.builders import build_sft_trainer
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
+from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
 
 
@@ -39,7 +42,10 @@ def sft_output_dir(cfg: DictConfig) -> Path:
     """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it.
     Local model and data paths enter by content: a moved output root (the tiny model lives under it) or a
     copied model or data directory still finds its SFT model (issue 12)."""
-    inputs = {"model": model_identity(cfg), "data": data_identity(cfg), "sft": OmegaConf.to_container(cfg.sft, resolve=True)}
+    sft = OmegaConf.to_container(cfg.sft, resolve=True)
+    if not sft["lora"]["enabled"]:
+        del sft["lora"]  # unused settings: full fine-tuning keeps the key it had before sft.lora existed
+    inputs = {"model": model_identity(cfg), "data": data_identity(cfg), "sft": sft}
     inputs["seed"] = cfg.seed
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.output_root).resolve() / "sft" / key
@@ -67,7 +73,7 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     if not cfg.sft.enabled:
         return SFTResult(path=base_path, skipped=True)
     if is_complete(out):
-        print(f"sft: reusing {out} (same model, data, sft settings and seed)", flush=True)
+        print(f"== sft: reusing {out} (same model, data, sft settings and seed) ==", flush=True)
         return SFTResult(path=str(out), reused=True)
     start = time.perf_counter()
     work = out.with_name(out.name + ".tmp")
@@ -79,7 +85,8 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
-    warn_before_training("sft", trainer, len(data.sft))
+    announce_training("sft", cfg, trainer, len(data.sft))
+    ConsoleLogCallback.attach(trainer, "sft")  # a line of numbers per logging step, not a dict of strings
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     faults.set_stage("sft")  # tests: injected faults name the stage they are for
     try:
@@ -88,9 +95,13 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
         resume_from = train_resumably(cfg, trainer, signature, run_dir, wandb_run, (NoCheckpointAtEnd(),))
     finally:
         faults.set_stage("dpo")
-    trainer.save_model(str(work))
+    lora = cfg.sft.lora.enabled
+    trainer.save_model(str(work / ADAPTER_DIR if lora else work))  # under ZeRO-3 every rank joins the gather
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
+        if lora:  # DPO loads its start and reference by path: publish full weights, the adapter kept beside them
+            pin_base_model(work / ADAPTER_DIR, base_path, cfg.model.revision)
+            merge_adapter(work / ADAPTER_DIR, work, cfg.model)
         publish(work, out)
     trainer.accelerator.wait_for_everyone()
     runtime_s = time.perf_counter() - start

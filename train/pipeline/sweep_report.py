@@ -1,10 +1,12 @@
-"""The sweep report (train/report.py runs it, and Hydra's callback when a multirun ends).
+"""The sweep report (train/report.py runs it, and Hydra's callback when a multirun or search ends).
 
 Writes into the sweep directory:
-  summary.csv          one row per run: status, beta and every numeric results.json field
-  report.md            beta vs final rewards/accuracies, rewards/margins, judge reward, win rate, KL, runtime
-  reward_vs_kl.png     judge reward against KL(policy || reference), one point per beta (DPO paper, fig. 2)
-  margins.png          rewards/margins over training steps, one line per beta
+  summary.csv          one row per run: status, recommended (yes/no), beta and every numeric results.json field
+  report.md            the recommended beta and why; beta vs final metrics; runs left out of the plot and why
+  reward_vs_kl.png     judge reward (else held-out implicit-reward accuracy) against KL(policy || reference),
+                       one point per run, the Pareto front and the recommended run marked (DPO paper, fig. 2)
+  margins.png          what compares across betas over steps: the log-ratio margin (rewards/margins / beta)
+                       and train accuracy, with the held-out accuracy at the end
 Runs whose directory has no finished results.json are listed as failed, not left out.
 """
 
@@ -12,26 +14,31 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from train.core.files import read_json  # noqa: E402
-from train.core.trees import flatten as flatten_tree  # noqa: E402
+from train.core.files import read_json
+from train.core.trees import flatten as flatten_tree
+from train.pipeline.recommend import LABELS, Recommendation, ranking_metric, recommend, scored
+from train.pipeline.sweep_plots import plot_margins, plot_reward_vs_kl
 
 TABLE = [  # (column, results.json path)
     ("beta", "beta"),
+    ("beta rule", "beta_schedule.schedule"),  # constant, linear, cosine, adaptive: beta alone is beta0 for the last ones
     ("rewards/accuracies", "dpo.train.rewards/accuracies"),
     ("rewards/margins", "dpo.train.rewards/margins"),
     ("judge reward", "dpo.judge_reward"),
     ("sft judge reward", "sft.judge_reward"),
     ("win rate", "dpo.win_rate_vs_reference"),
     ("KL", "dpo.kl_to_reference"),
+    ("judge agreement", "dpo.judge_agreement"),
+    ("held-out accuracy", "dpo.held_out.rewards/accuracies"),
     ("runtime s", "runtime_total_s"),
 ]
+MARGINS_CAPTION = (
+    "margins.png: left, the implicit log-ratio margin, rewards/margins / beta (log pi/pi_ref of chosen minus "
+    "rejected); right, train implicit-reward accuracy over steps, the held-out accuracy as a diamond at the end. "
+    "Raw rewards/margins are beta x that log-ratio, so they grow with beta by construction and do not compare "
+    "across betas (the table's rewards/margins column neither); these two do.")
 
 
 def flatten(tree: Any) -> dict[str, Any]:
@@ -58,13 +65,19 @@ def load_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: (r["results"].get("beta") is None, r["results"].get("beta") or 0, r["run"]))
 
 
-def write_csv(runs: list[dict], path: Path) -> None:
+def is_recommended(run: dict, recommendation: Recommendation) -> bool:
+    return recommendation.point is not None and run["run"] == recommendation.point.run
+
+
+def write_csv(runs: list[dict], recommendation: Recommendation, path: Path) -> None:
     rows = []
     for run in runs:
         numeric = {k: v for k, v in flatten(run["results"]).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({"run": run["run"], "status": run["status"], **numeric})
-    columns = ["run", "status", "beta"] + sorted({k for row in rows for k in row} - {"run", "status", "beta"})
+        recommended = "yes" if is_recommended(run, recommendation) else "no"
+        rows.append({"run": run["run"], "status": run["status"], "recommended": recommended, **numeric})
+    fixed = ["run", "status", "recommended", "beta"]
+    columns = fixed + sorted({k for row in rows for k in row} - set(fixed))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -75,55 +88,45 @@ def fmt(value: Any) -> str:
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_markdown(runs: list[dict], path: Path, sweep_dir: Path) -> None:
-    lines = [f"# Sweep report: {sweep_dir}", "", "| run | status | " + " | ".join(c for c, _ in TABLE) + " |",
-             "|---|---|" + "---|" * len(TABLE)]
+def write_markdown(runs: list[dict], recommendation: Recommendation, not_plotted: list[str], path: Path,
+                   sweep_dir: Path) -> None:
+    budget = "none (best reward)" if recommendation.kl_budget is None else f"{recommendation.kl_budget:g} nats"
+    lines = [f"# Sweep report: {sweep_dir}", "", "| run | status | " + " | ".join(c for c, _ in TABLE)
+             + " | recommended |", "|---|---|" + "---|" * (len(TABLE) + 1)]
     for run in runs:
         flat = flatten(run["results"])
-        lines.append(f"| {run['run']} | {run['status']} | " + " | ".join(fmt(flat.get(k)) for _, k in TABLE) + " |")
+        mark = "yes" if is_recommended(run, recommendation) else ""
+        lines.append(f"| {run['run']} | {run['status']} | " + " | ".join(fmt(flat.get(k)) for _, k in TABLE)
+                     + f" | {mark} |")
+    lines += ["", "## Recommendation", "", recommendation.line(), "",
+              f"Ranked by {LABELS[recommendation.metric]} (`{recommendation.metric}`); KL budget (report.kl_budget): "
+              f"{budget}. The judge reward is used when runs were judged, else the held-out implicit-reward accuracy."]
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['run']}: {r['error']}" for r in failed]
-    lines += ["", "Plots: reward_vs_kl.png (judge reward against KL to the reference, one point per beta), "
-              "margins.png (train rewards/margins over steps, one line per beta).", ""]
+    if not_plotted:
+        lines += ["", "## Not on reward_vs_kl.png", ""] + [f"- {entry}" for entry in not_plotted]
+    lines += ["", "## Plots", "",
+              f"reward_vs_kl.png: {LABELS[recommendation.metric]} against KL(policy || reference), one point per "
+              "run; the line joins the Pareto front (no other run has both more reward and less KL); the star is "
+              "the recommended run.", "", MARGINS_CAPTION, ""]
     path.write_text("\n".join(lines))
 
 
-def plot(runs: list[dict], sweep_dir: Path) -> None:
-    ok = [r["results"] for r in runs if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    points = [(r["dpo"].get("kl_to_reference"), r["dpo"].get("judge_reward"), r.get("beta")) for r in ok]
-    points = [p for p in points if p[0] is not None and p[1] is not None]
-    if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue")
-        for kl, reward, beta in points:
-            ax.annotate(f"β={beta:g}", (kl, reward), textcoords="offset points", xytext=(5, 5))
-        sft_rewards = [r["sft"]["judge_reward"] for r in ok if r.get("sft", {}).get("judge_reward") is not None]
-        if sft_rewards:
-            ax.axhline(sum(sft_rewards) / len(sft_rewards), color="gray", ls="--", label="reference (SFT)")
-            ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no judged runs (data without a judge, or all runs failed)", ha="center", transform=ax.transAxes)
-    ax.set(xlabel="KL(policy || reference), nats per sample", ylabel="judge reward", title="Reward vs KL frontier")
-    fig.tight_layout()
-    fig.savefig(sweep_dir / "reward_vs_kl.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in ok:
-        history = r["dpo"].get("history", [])
-        ax.plot([e["step"] for e in history], [e["rewards/margins"] for e in history], label=f"β={r.get('beta'):g}")
-    ax.set(xlabel="step", ylabel="train rewards/margins", title="Reward margin during DPO")
-    if ok:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(sweep_dir / "margins.png", dpi=120)
-    plt.close(fig)
+def sft_judge_reward(runs: list[dict]) -> Optional[float]:
+    rewards = [r["results"]["sft"]["judge_reward"] for r in runs
+               if r["status"] == "ok" and r["results"].get("sft", {}).get("judge_reward") is not None]
+    return sum(rewards) / len(rewards) if rewards else None
 
 
-def write_report(sweep_dir: Path) -> Path:
+def write_report(sweep_dir: Path, kl_budget: Optional[float] = None) -> Recommendation:
     runs = load_runs(sweep_dir)
-    write_csv(runs, sweep_dir / "summary.csv")
-    write_markdown(runs, sweep_dir / "report.md", sweep_dir)
-    plot(runs, sweep_dir)
-    return sweep_dir
+    recommendation = recommend(runs, kl_budget)
+    points, missing = scored(runs, ranking_metric(runs))
+    not_plotted = [f"{run}: {why}" for run, why in missing]
+    not_plotted += [f"{p.run}: no KL estimate (eval.enabled=false?)" for p in points if p.kl is None]
+    write_csv(runs, recommendation, sweep_dir / "summary.csv")
+    write_markdown(runs, recommendation, not_plotted, sweep_dir / "report.md", sweep_dir)
+    plot_reward_vs_kl(points, recommendation, not_plotted, sft_judge_reward(runs), sweep_dir / "reward_vs_kl.png")
+    plot_margins([r["results"] for r in runs if r["status"] == "ok"], sweep_dir / "margins.png")
+    return recommendation

@@ -1,13 +1,15 @@
-"""Beta schedules: beta as a function of the optimizer step (pure functions), applied by ProjectDPOTrainer."""
+"""Beta schedules: beta as a function of the optimizer step (pure functions), applied by ProjectDPOTrainer;
+and beta=adaptive, set per batch from the batch's margins (adaptive_beta.py)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from train.core.errors import ConfigError
+from train.trainer.adaptive_beta import AdaptiveBeta
 
 
 def constant(step: int, total: int, start: float, final: float | None, warmup: int) -> float:
@@ -25,6 +27,13 @@ def cosine(step: int, total: int, start: float, final: float, warmup: int) -> fl
 
 
 SCHEDULES = {"constant": constant, "linear": linear, "cosine": cosine}  # beta.schedule: one conf/beta/*.yaml each
+# beta=adaptive is no function of the step: train/trainer/adaptive_beta.py sets beta from each batch's margins.
+ADAPTIVE = "adaptive"
+KINDS = (*SCHEDULES, ADAPTIVE)
+# What the adaptive rule assumes of TRL's loss: its margins are the sigmoid loss's argument (reverse KL), summed
+# log-probs; filtering corrects `mean -log sigmoid(beta * M)` and nothing else (issue 17).
+ADAPTIVE_LOSS = {"loss_type": ("sigmoid", ["sigmoid"]), "f_divergence_type": ("reverse_kl",),
+                 "ld_alpha": (None,), "use_weighting": (False,), "loss_weights": (None, [1.0], [1])}
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,33 @@ class BetaSchedule:
         return SCHEDULES[self.schedule](step, total_steps, self.value, self.final, self.warmup_steps)
 
 
-def check(beta: DictConfig) -> None:
-    if beta.schedule not in SCHEDULES:
-        raise ConfigError(f"beta.schedule={beta.schedule}: choose one of {', '.join(SCHEDULES)}")
+def adaptive(beta: DictConfig, seed: int) -> AdaptiveBeta | None:
+    """The per-batch rule for beta=adaptive (None for the step schedules)."""
+    if beta.schedule != ADAPTIVE:
+        return None
+    return AdaptiveBeta(beta.value, beta.alpha, beta.rho, beta.momentum, seed)
+
+
+def schedule(beta: DictConfig) -> BetaSchedule | None:
+    """The step schedule (None for beta=adaptive: TRL starts from args.beta = beta.value, then each batch sets it)."""
+    check(beta)
+    return None if beta.schedule == ADAPTIVE else BetaSchedule.from_config(beta)
+
+
+def check(beta: DictConfig, dpo_args: DictConfig | None = None) -> None:
+    if beta.schedule not in KINDS:
+        raise ConfigError(f"beta.schedule={beta.schedule}: choose one of {', '.join(KINDS)}")
+    if beta.schedule != ADAPTIVE:
+        return
+    if beta.alpha < 0:
+        raise ConfigError(f"beta.alpha={beta.alpha}: must be >= 0 (paper: 0.6; 0 keeps beta at beta.value)")
+    if not 0 <= beta.rho < 1:
+        raise ConfigError(f"beta.rho={beta.rho}: the share of pairs filtered out must be in [0, 1) (paper: 0.2; 0 = off)")
+    if not 0 <= beta.momentum < 1:
+        raise ConfigError(f"beta.momentum={beta.momentum}: must be in [0, 1) (paper: 0.9)")
+    for key, allowed in ADAPTIVE_LOSS.items():
+        value = (dpo_args or {}).get(key, allowed[0])
+        value = list(value) if OmegaConf.is_list(value) else value
+        if value not in allowed:
+            raise ConfigError(f"dpo.args.{key}={value}: beta=adaptive is defined for the sigmoid DPO loss "
+                              f"(beta-DPO, issue 17); remove dpo.args.{key} or pick another beta")

@@ -7,24 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from peft import LoraConfig
 from trl import SFTTrainer
 
 from train.config.trainer_args import build_dpo_config, build_sft_config
-from train.trainer.beta import BetaSchedule
+from train.models.adapters import lora_config
+from train.trainer import beta
 from train.trainer.dpo import ProjectDPOTrainer
-
-
-def lora_config(spec: DictConfig) -> LoraConfig:
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
 
 
 def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
                       extra: dict[str, Any] | None = None) -> SFTTrainer:
     """`extra`: TrainingArguments set by the caller (process group, report_to, the benchmark's max_steps)."""
     args = build_sft_config(cfg, output_dir, extra)
-    return SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer)
+    # sft.lora trains adapters through TRL's peft_config, as dpo.reference=lora does; run_sft still publishes
+    # full (merged) weights, because DPO loads its start and its reference by path.
+    peft_config = lora_config(cfg.sft.lora) if cfg.sft.lora.enabled else None
+    return SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer,
+                      peft_config=peft_config)
 
 
 def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
@@ -37,9 +36,11 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
         eval_dataset=data.test_pairs,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.dpo.lora) if cfg.dpo.reference == "lora" else None,
-        beta_schedule=BetaSchedule.from_config(cfg.beta),
+        beta_schedule=beta.schedule(cfg.beta),
+        adaptive_beta=beta.adaptive(cfg.beta, cfg.seed),
         max_bad_steps=cfg.faults.max_bad_steps,
         reference_cache_dir=Path(cfg.output_root).resolve() / "ref_cache",
+        batching=cfg.dpo.batching,
     )
 
 

@@ -11,6 +11,8 @@ from train import seams
 from train.core.errors import TrainingAborted
 from train.runtime import faults
 from train.runtime.distributed import any_rank_flagged
+from train.trainer import logps
+from train.trainer.adaptive_beta import AdaptiveBeta, margin_mean_for_logs, margin_probe
 from train.trainer.beta import BetaSchedule
 from train.trainer.reference_cache import precompute_with_cache
 
@@ -26,27 +28,42 @@ class BadStep(Exception):
 class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
     """Keyword arguments on top of DPOTrainer's:
         beta_schedule        beta at every step (beta group); None keeps args.beta
+        adaptive_beta        beta=adaptive: beta set per batch from its margins (beta-DPO, issue 17); None: off
         max_bad_steps        consecutive NaN/inf-loss steps skipped before TrainingAborted
         reference_cache_dir  where precomputed reference log-probs are kept for a whole sweep; None: TRL's own
+        batching             dpo.batching: the micro-batch layout asked for (auto, padded, packed, prefix_shared);
+                             `batch_layout` is the one in use once the model is loaded (train/trainer/logps.py)
     """
 
-    def __init__(self, *args, beta_schedule: BetaSchedule | None = None, max_bad_steps: int = 3,
-                 reference_cache_dir: Path | None = None, **kwargs):
+    def __init__(self, *args, beta_schedule: BetaSchedule | None = None, adaptive_beta: AdaptiveBeta | None = None,
+                 max_bad_steps: int = 3, reference_cache_dir: Path | None = None, batching: str = "padded", **kwargs):
         # Set before DPOTrainer.__init__: it runs the reference pass (reference_pass below) itself.
         self.beta_schedule, self.max_bad_steps, self.reference_cache_dir = beta_schedule, max_bad_steps, reference_cache_dir
         self.bad_steps_total, self.bad_steps_in_a_row = 0, 0
+        self.batching, self.batch_layout = batching, None
         super().__init__(*args, **kwargs)
+        self.install_layout()
         # The reference log-probs of the train and eval sets are in place by now: TRL's inference engine for the
         # reference pass is not needed again (19.3M Llama, 2 ranks, ZeRO-3, 12 steps, 3 alternating runs:
         # training 19.5 s vs 22.0 s, peak RSS ~70 MB lower per rank, same losses).
         seams.release_precompute_engine(self)
+        self.adaptive_beta = adaptive_beta
+        if adaptive_beta is not None:
+            self.add_callback(adaptive_beta)  # before train(): transformers saves its state in every checkpoint
 
     # dpo.reference=precomputed: TRL's reference pass, behind a cache whose key also covers truncation,
     # padding and the chat template, kept in <output_root>/ref_cache for a whole sweep (issue 7).
     def reference_pass(self, compute, dataset, name: str, batch_size: int):
+        self.install_layout()  # the reference pass, too, runs in the layout
         if self.reference_cache_dir is None:
             return compute(dataset, name, batch_size)
         return precompute_with_cache(self, compute, dataset, name, batch_size, self.reference_cache_dir)
+
+    # dpo.batching (issue 14): TRL's fused LM-head forward, wrapped to run in the layout. Installed once TRL has
+    # added its head, which is before its reference pass inside DPOTrainer.__init__, hence the call from both.
+    def install_layout(self) -> None:
+        if self.batch_layout is None:
+            self.batch_layout = logps.install(self, self.batching)
 
     # Beta schedules: TRL reads `self.beta` in the loss at every step, so setting it before each step is
     # all a schedule needs. A NaN/inf loss must not reach the weights: its backward is skipped, which leaves
@@ -60,8 +77,16 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
         except BadStep as bad:
             return bad.loss.detach()
 
+    # beta=adaptive: TRL's loss gets a probe in place of the policy that sets self.beta from this batch's
+    # margins as soon as the forward returns, before the loss reads it; filtering (beta.rho) then corrects
+    # the loss to the mean over the kept pairs (train/trainer/adaptive_beta.py).
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.adaptive_beta is not None and model.training:
+            with margin_probe(self, model, inputs) as probe:
+                result = super().compute_loss(probe, inputs, return_outputs, num_items_in_batch)
+            result = (probe.filtered(result[0]), *result[1:]) if return_outputs else probe.filtered(result)
+        else:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if model.training:
             loss = faults.poison_loss(loss, self.state.global_step + 1)
@@ -89,5 +114,7 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
     # record W&B receives.
     def log(self, logs: dict, *args, **kwargs) -> None:
         logs["beta"] = self.beta
+        if self.adaptive_beta is not None:
+            logs["beta_margin_mean"] = margin_mean_for_logs(self.adaptive_beta.stats)  # M0; W&B: train/beta_margin_mean
         logs["bad_steps"] = self.bad_steps_total
         super().log(logs, *args, **kwargs)

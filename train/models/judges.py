@@ -1,0 +1,151 @@
+"""Judges: the reward of a response to a prompt, for scoring samples after DPO (train/pipeline/evaluate.py).
+
+judge=<rule> (train/data JUDGES, e.g. sentiment): a function of the response text alone.
+judge=reward_model: any AutoModelForSequenceClassification with one label, as TRL's RewardTrainer and most hub
+reward models are trained (Bradley-Terry); the reward is that label's logit for prompt + response, rendered with
+the reward model's own tokenizer and chat template (the format it was trained on), never the policy's.
+Every judge has one method, `score(prompts, responses) -> list[float]`: prompts as the data gives them (text or
+chat messages), responses as text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from train.core.errors import ConfigError
+from train.core.paths import looks_like_local_path
+from train.data import JUDGES
+from train.models.loading import resolve_chat_template
+
+KINDS = ("none", "reward_model", *JUDGES)  # judge.kind=
+
+
+class Judge(Protocol):
+    def score(self, prompts: list, responses: list[str]) -> list[float]: ...
+
+
+def response_text(response) -> str:
+    """A response as the data gives it (text, or one assistant message) -> its text."""
+    return response[-1]["content"] if isinstance(response, list) else response
+
+
+class RuleJudge:
+    def __init__(self, rule: Callable[[str], float]):
+        self.rule = rule
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        return [float(self.rule(r)) for r in responses]
+
+
+class RewardModelJudge:
+    def __init__(self, model, tokenizer, batch_size: int, max_length: int, progress: bool = False):
+        self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
+        self.progress = progress  # a tqdm bar over batches (the main process's)
+
+    def render(self, prompt, response: str) -> str:
+        if isinstance(prompt, list):
+            return self.tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+        return prompt + response
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        # Scored once per distinct text: identical policy and reference samples get the identical reward (a tie),
+        # whatever padding their batches had.
+        unique = list(dict.fromkeys(texts))
+        # A chat template writes its own special tokens (as TRL tokenizes rendered chats); plain text gets them here.
+        templated = bool(prompts) and isinstance(prompts[0], list)
+        rewards: dict[str, float] = {}
+        starts = range(0, len(unique), self.batch_size)
+        for start in tqdm(starts, desc="eval: judging", unit="batch", disable=not self.progress or not starts):
+            chunk = unique[start : start + self.batch_size]
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
+                                   add_special_tokens=not templated).to(self.model.device)
+            rewards.update(zip(chunk, self.model(**batch).logits[:, 0].float().tolist()))
+        return [rewards[t] for t in texts]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The judge group, without reading any file: a known kind, and what reward_model needs."""
+    judge = cfg.judge
+    if judge.kind not in KINDS:
+        raise ConfigError(f"judge.kind={judge.kind}: choose one of {', '.join(KINDS)} (judge=<name> picks one)")
+    # A missing name_or_path is refused by check_reward_model, before training: an option must compose and pass
+    # these checks on its own (tests/test_config.py), as data=custom does without its required data.source.
+    if judge.kind != "reward_model" or OmegaConf.is_missing(judge, "name_or_path"):
+        return
+    name = judge.name_or_path
+    if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"judge.name_or_path={name}: no such directory; give a reward model directory or a hub id")
+    if judge.batch_size < 1 or judge.max_length < 2:
+        raise ConfigError(f"judge.batch_size={judge.batch_size}, judge.max_length={judge.max_length}: must be >= 1 and >= 2")
+
+
+def check_reward_model(cfg: DictConfig) -> None:
+    """Before training, what would otherwise fail at evaluation, after it: the reward model's config (one
+    label) and tokenizer (a chat template for chat data). Reads no weights."""
+    if cfg.judge.kind != "reward_model":
+        return
+    judge = cfg.judge
+    if OmegaConf.is_missing(judge, "name_or_path") or not judge.name_or_path:
+        raise ConfigError("judge.name_or_path is required by judge=reward_model: give a reward model directory or hub id")
+    try:
+        config = AutoConfig.from_pretrained(judge.name_or_path, revision=judge.revision,
+                                            trust_remote_code=judge.trust_remote_code)
+    except (OSError, ValueError) as err:  # hub unreachable, gated, not a model directory
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its config ({first_line(err)})") from err
+    if config.num_labels != 1:
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: a classifier with {config.num_labels} labels; a reward "
+                          "model has one (its logit is the reward)")
+    load_judge_tokenizer(judge, cfg.data.conversational)
+
+
+def load_judge_tokenizer(judge: DictConfig, conversational: bool):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(judge.name_or_path, revision=judge.revision,
+                                                  trust_remote_code=judge.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its tokenizer ({first_line(err)})") from err
+    if judge.chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(judge.chat_template)
+    if conversational and tokenizer.chat_template is None:
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path} has no chat template but data.conversational=true: "
+                          "set judge.chat_template (e.g. chatml) or data.conversational=false")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Past max_length, cut the start of the prompt: the end holds the sample being judged.
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def load_judge(cfg: DictConfig, device: torch.device, progress: bool = False) -> Optional[Judge]:
+    """The configured judge (None for judge=none); a reward model is loaded whole onto `device`."""
+    judge = cfg.judge
+    if judge.kind == "none":
+        return None
+    if judge.kind in JUDGES:
+        return RuleJudge(JUDGES[judge.kind])
+    tokenizer = load_judge_tokenizer(judge, cfg.data.conversational)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        judge.name_or_path, dtype=judge.dtype, revision=judge.revision, trust_remote_code=judge.trust_remote_code,
+    ).to(device).eval()
+    if model.config.pad_token_id is None:  # it finds each row's last token by the pad id
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return RewardModelJudge(model, tokenizer, judge.batch_size, judge.max_length, progress)
+
+
+def describe(cfg: DictConfig) -> Optional[str]:
+    """The judge as results.json names it: its kind, and for a reward model what was loaded."""
+    if cfg.judge.kind == "none":
+        return None
+    return f"reward_model:{cfg.judge.name_or_path}" if cfg.judge.kind == "reward_model" else cfg.judge.kind
+
+
+def first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

@@ -1,0 +1,40 @@
+"""The launch-time memory check: on GPUs, a config the memory plan says cannot fit the device stops before
+any model is loaded, with one line naming the overrides that fit (`plan.check=false` skips it). On a
+machine without a GPU it does nothing: the plan is about GPU memory."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from omegaconf import DictConfig
+
+from train.core.errors import ConfigError
+from train.core.ranks import world_size
+from train.models.architecture import from_model_config
+from train.models.memory_candidates import candidates, evaluate, recommend, setting_from_config
+from train.models.memory_plan import GIB
+
+
+def check_memory_plan(cfg: DictConfig) -> None:
+    if not cfg.plan.check or not torch.cuda.is_available():
+        return
+    gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    nodes = max(1, world_size() // gpus_per_node)
+    memory_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    problem = memory_problem(cfg, gpus_per_node, nodes, memory_gb)
+    if problem:
+        raise ConfigError(problem)
+
+
+def memory_problem(cfg: DictConfig, gpus_per_node: int, nodes: int, memory_gb: float) -> str | None:
+    """None when the plan says the config fits; else the one line to stop with."""
+    arch = from_model_config(cfg.model)
+    given = setting_from_config(cfg, arch, gpus_per_node, nodes)
+    planned = evaluate(arch, given, given, int(memory_gb * GIB), [], cfg.dpo.args)
+    if planned.fits:
+        return None
+    best = recommend(candidates(arch, given, memory_gb, [], cfg.dpo.args))
+    need = f"the memory plan needs {planned.memory.total / GIB:.1f} GB per GPU, {memory_gb:.1f} GB here"
+    advice = f"add {' '.join(best.overrides)}" if best else "nothing fits: more GPUs, a shorter dpo.args.max_length or a smaller model"
+    return f"{need} ({nodes} node(s) x {gpus_per_node} GPU(s)): {advice} (python -m train.plan shows the parts; plan.check=false starts anyway)"

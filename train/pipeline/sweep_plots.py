@@ -1,0 +1,82 @@
+"""The sweep report's plots: the reward-KL frontier and what compares across betas over training steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from train.pipeline.recommend import JUDGE_REWARD, LABELS, Point, Recommendation, pareto_front  # noqa: E402
+
+
+def run_label(results: dict) -> str:
+    """β=0.1, or β=0.1 (cosine) for a run whose beta follows a schedule (beta is then its value at step 0)."""
+    schedule = (results.get("beta_schedule") or {}).get("schedule", "constant")
+    beta = results.get("beta")
+    text = "β=?" if beta is None else f"β={beta:.3g}"
+    return text if schedule == "constant" else f"{text} ({schedule})"
+
+
+def plot_reward_vs_kl(points: list[Point], recommendation: Recommendation, not_plotted: list[str],
+                      sft_judge_reward: Optional[float], path: Path) -> None:
+    metric = recommendation.metric
+    placed = [p for p in points if p.kl is not None]
+    front = pareto_front(placed)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    if placed:
+        ax.scatter([p.kl for p in placed], [p.score for p in placed], color="tab:blue", zorder=2, label="runs")
+        ax.plot([p.kl for p in front], [p.score for p in front], "-", color="tab:orange", zorder=1,
+                label="Pareto front (max reward, min KL)")
+        for p in placed:
+            ax.annotate(f"β={p.beta:.3g}" if p.beta is not None else p.run, (p.kl, p.score),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+        chosen = recommendation.point
+        if chosen is not None and chosen.kl is not None:
+            ax.scatter([chosen.kl], [chosen.score], marker="*", s=250, color="tab:red", zorder=3,
+                       label=f"recommended β={chosen.beta:.3g}")
+        if metric == JUDGE_REWARD and sft_judge_reward is not None:
+            ax.axhline(sft_judge_reward, color="gray", ls="--", label="reference (SFT)")
+        if recommendation.kl_budget is not None:
+            budget = recommendation.kl_budget
+            ax.axvline(budget, color="tab:red", ls=":", label=f"KL budget {budget:g}")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no run has both a KL estimate and the metric", ha="center", transform=ax.transAxes)
+    if not_plotted:  # listed on the plot itself as well as in report.md: never silently left out
+        shown = "; ".join(not_plotted[:4]) + (f"; +{len(not_plotted) - 4} more" if len(not_plotted) > 4 else "")
+        fig.text(0.01, 0.01, f"not plotted: {shown}", fontsize=7, wrap=True)
+    axis = LABELS[metric] + ("" if metric == JUDGE_REWARD else " (no judge)")
+    ax.set(xlabel="KL(policy || reference), nats per sample", ylabel=axis, title="Reward vs KL frontier")
+    fig.tight_layout(rect=(0, 0.05 if not_plotted else 0, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_margins(ok_results: list[dict], path: Path) -> None:
+    """Left: the implicit log-ratio margin (rewards/margins / beta at that step); right: train implicit-reward
+    accuracy over steps, the held-out accuracy as a diamond at the last step. Raw rewards/margins are
+    beta x this log-ratio, so they grow with beta by construction and do not compare across betas."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, results in enumerate(ok_results):
+        color, label = f"C{i % 10}", run_label(results)
+        history = [e for e in results["dpo"].get("history", []) if (e.get("beta") or results.get("beta"))]
+        steps = [e["step"] for e in history]
+        left.plot(steps, [e["rewards/margins"] / (e.get("beta") or results["beta"]) for e in history], color=color,
+                  label=label)
+        accuracy = [(e["step"], e["rewards/accuracies"]) for e in history if "rewards/accuracies" in e]
+        right.plot([s for s, _ in accuracy], [a for _, a in accuracy], color=color, label=label)
+        held_out = results["dpo"].get("held_out", {}).get("rewards/accuracies")
+        if held_out is not None and steps:
+            right.scatter([results["dpo"].get("steps") or steps[-1]], [held_out], marker="D", color=color, zorder=3)
+    left.set(xlabel="step", ylabel="log-ratio margin = rewards/margins / β",
+             title="Implicit log-ratio margin (comparable across β)")
+    right.set(xlabel="step", ylabel="implicit-reward accuracy", title="Train accuracy; ◆ held-out at the end")
+    if ok_results:
+        left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
