@@ -8,7 +8,8 @@ three sides alternated in this process, on the ~20M Llama at the tokenizer's voc
     project      the pipeline's own builder (train/trainer/builders.py build_dpo_trainer) with the project's
                  defaults (conf/dpo/default.yaml, dpo.batching included), at max_length 1024 like the others
 
-Every side gets the same pairs, batch, seed and max_length. Figures:
+Every side gets the same pairs, batch, seed and max_length. Each round runs the three sides one after the other,
+in an order reversed every round; a ratio is the median over rounds of the ratio within a round. Figures:
   pairs/s               pairs of the timed steps / their wall time (data loading and optimizer included)
   ref_pass_s            TRL's reference pass over the training pairs (precompute_ref_log_probs), timed
                         around TRL's own pass (train/seams.py ReferencePassHook for TRL; the project's cache
@@ -147,7 +148,8 @@ def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, size
     figures = {"pairs_per_s": batch * len(seconds) / sum(seconds), "step_s": statistics.median(seconds),
                "construct_s": construct_s, "padding_fraction": probe.pads / probe.positions,
                "ref_pass_s": getattr(trainer, "reference_pass_s", None) if side != "project" else project_pass_s(cfg),
-               "step_peak_alloc_mb": probe.step_peak_mb, "loadavg": open("/proc/loadavg").read().split()[:3]}
+               "step_peak_alloc_mb": probe.step_peak_mb, "loadavg": open("/proc/loadavg").read().split()[:3],
+               "layout": getattr(trainer, "batch_layout", None) or "padded"}  # what dpo.batching resolved to
     del trainer
     return figures
 
@@ -157,15 +159,28 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def paired(sides: dict[str, list[dict]], key: str, num: str, den: str) -> float | None:
+    """Median over rounds of num/den, each ratio of two runs of the same round (next to each other in time):
+    steadier than a ratio of medians on a shared machine whose load drifts between rounds."""
+    ratios = [a[key] / b[key] for a, b in zip(sides[num], sides[den]) if a[key] and b[key]]
+    return statistics.median(ratios) if ratios else None
+
+
 def summarize(sides: dict[str, list[dict]]) -> dict:
-    pairs = {s: median_of(runs, "pairs_per_s") for s, runs in sides.items()}
-    memory = {s: median_of(runs, "step_peak_alloc_mb") for s, runs in sides.items()}
-    passes = {s: median_of(runs, "ref_pass_s") for s, runs in sides.items()}
-    return {"vs_trl_default": pairs["project"] / pairs["trl_default"],
-            "vs_trl_tuned": pairs["project"] / pairs["trl_tuned"],
-            "ref_pass_speedup": passes["trl_tuned"] / passes["project"] if passes["project"] else None,
+    return {"vs_trl_default": paired(sides, "pairs_per_s", "project", "trl_default"),
+            "vs_trl_tuned": paired(sides, "pairs_per_s", "project", "trl_tuned"),
+            "ref_pass_speedup": paired(sides, "ref_pass_s", "trl_tuned", "project"),
             "padding_fraction": median_of(sides["project"], "padding_fraction"),
-            "peak_memory_ratio": memory["project"] / memory["trl_tuned"] if memory["trl_tuned"] else None}
+            "peak_memory_ratio": paired(sides, "step_peak_alloc_mb", "project", "trl_tuned"),
+            # the same figures as ratios of the medians over rounds
+            "of_medians": {"vs_trl_default": ratio_of_medians(sides, "pairs_per_s", "project", "trl_default"),
+                           "vs_trl_tuned": ratio_of_medians(sides, "pairs_per_s", "project", "trl_tuned"),
+                           "ref_pass_speedup": ratio_of_medians(sides, "ref_pass_s", "trl_tuned", "project")}}
+
+
+def ratio_of_medians(sides: dict[str, list[dict]], key: str, num: str, den: str) -> float | None:
+    a, b = median_of(sides[num], key), median_of(sides[den], key)
+    return a / b if a and b else None
 
 
 def profiles(sizes: dict, root: Path, names: tuple = tuple(PROFILES)) -> dict:
@@ -196,7 +211,7 @@ def profiles(sizes: dict, root: Path, names: tuple = tuple(PROFILES)) -> dict:
             result["by_vocab"][label][name] = {**summarize(sides), "lengths": lengths, "sides": sides}
             (root / "profiles.partial.json").write_text(json.dumps(result, indent=1, default=float))
     headline = result["by_vocab"][str(sizes["vocabs"][0] or len(tokenizer))]
-    result["profiles"] = {name: {k: v for k, v in figures.items() if k not in ("sides", "lengths")}
+    result["profiles"] = {name: {k: v for k, v in figures.items() if k not in ("sides", "lengths", "of_medians")}
                           for name, figures in headline.items()}
     (root / "profiles.json").write_text(json.dumps(result, indent=1, default=float))  # the raw figures, kept
     return result
@@ -209,8 +224,10 @@ TARGETS = {"vs_trl_default": ">= 2.0", "vs_trl_tuned": ">= 1.4 tldr, >= 1.2 othe
 def profile_rows(result: dict) -> list[str]:
     """The table's lines for the profiles part (launch/bench_runs.py format_rows)."""
     s = result["sizes"]
+    layouts = sorted({r["layout"] for p in result["by_vocab"].values() for f in p.values() for r in f["sides"]["project"]})
     lines = ["", f"Length profiles (max_length {MAX_LENGTH}, {s['batch']} pairs a step, {s['rounds']} alternating round(s), "
-             f"dpo.batching={result['batching']}): pairs/s per side; ratios are the project's",
+             f"dpo.batching={result['batching']} -> {', '.join(layouts)}): pairs/s per side (medians); ratios are the "
+             "project's (medians of per-round ratios)",
              f"  {'vocab':>6} {'profile':<14} {'prompt/resp':>11} {'trl_default':>11} {'trl_tuned':>9} {'project':>8} "
              f"{'vs_default':>10} {'vs_tuned':>8} {'ref_pass':>8} {'padding':>8} {'memory':>7}"]
     for vocab, by_profile in result["by_vocab"].items():

@@ -28,7 +28,9 @@ from train.pipeline.checks import check_config
 from train.pipeline.results import final_metrics
 
 JUDGE_FIELDS = ("judge_reward", "reference_judge_reward", "win_rate_vs_reference", "kl_to_reference", "judge_agreement")
-HH = ("data=hh_rlhf", "data.source=tests/fixtures/hh_rlhf", "data.max_drop_fraction=0.5", "debug=fast")
+# 8 train pairs, 3 test pairs; two DPO steps without warmup, so the policy moves away from its reference.
+HH = ("data=hh_rlhf", "data.source=tests/fixtures/hh_rlhf", "data.max_drop_fraction=0.5", "debug=fast",
+      "dpo.args.per_device_train_batch_size=4", "dpo.args.warmup_steps=0")
 
 
 def scored_texts(n: int, seed: str) -> tuple[list, list[str], list[float]]:
@@ -215,6 +217,7 @@ def test_two_processes_evaluate_exactly_like_one(hh_run, shared_output_root, rew
     proc = run_train(*HH, *judge_overrides(reward_model), "stage=eval", f"hydra.run.dir={two_dir}",
                      output_root=shared_output_root, nproc=2)
     one, two = read_results(hh_run)["dpo"], read_results(proc)["dpo"]
+    assert one["kl_to_reference"] != 0.0  # a trained policy: its samples differ from the reference's
     for key in JUDGE_FIELDS:
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 

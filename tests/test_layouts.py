@@ -23,6 +23,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
 from conftest import read_results, run_train
+from train.config.compose import compose
 from train.config.trainer_args import dpo_loss_types
 from train.core.errors import ConfigError
 from train.models.tiny import build_tiny_model
@@ -99,7 +100,8 @@ def test_prefix_shared_lays_each_prompt_out_once_and_hides_chosen_from_rejected(
     assert layout.input_ids.view(-1)[layout.source].tolist() == [7, 8, 5, 11, 12, 13, 7, 5, 15]
     assert layout.target.tolist() == [8, 9, 11, 12, 13, 14, 10, 15, 16]
     additive = layout.attention_mask("additive", torch.bfloat16)[0, 0]
-    assert additive.dtype == torch.bfloat16 and additive[5, 1] == torch.finfo(torch.bfloat16).min and additive[5, 0] == 0
+    assert additive.dtype == torch.bfloat16 and additive[5, 0] == 0
+    assert additive[5, 1] == torch.finfo(torch.bfloat16).min
 
 
 def test_rows_hold_several_short_units_but_never_exceed_the_longest():
@@ -124,7 +126,7 @@ def test_auto_picks_the_fastest_supported_layout_or_says_why_not(requested, mode
 
 
 @pytest.mark.parametrize("requested, model_type, attn, message", [
-    ("prefix_shared", "llama", "flash_attention_2", "dpo.batching=prefix_shared: attn_implementation=flash_attention_2"),
+    ("prefix_shared", "llama", "flash_attention_2", "dpo.batching=prefix_shared: attn_implementation=flash_attention"),
     ("packed", "gemma2", "sdpa", "dpo.batching=packed: model type gemma2"),
     ("prefixshared", "llama", "sdpa", "dpo.batching=prefixshared: choose one of auto, padded, packed, prefix_shared"),
 ])
@@ -132,6 +134,13 @@ def test_an_explicit_layout_that_cannot_work_is_refused_in_one_line(requested, m
     with pytest.raises(ConfigError, match=message) as err:
         layouts.resolve(requested, model_type, attn)
     assert "\n" not in str(err.value)
+
+
+
+def test_the_start_up_check_refuses_an_explicit_layout_the_attention_cannot_take():
+    layouts.check(compose(["model.attn_implementation=flash_attention_2"]))  # auto: falls back later, no error
+    with pytest.raises(ConfigError, match="dpo.batching=packed: attn_implementation=flash_attention_2 cannot take"):
+        layouts.check(compose(["dpo.batching=packed", "model.attn_implementation=flash_attention_2"]))
 
 
 # --- one forward: log-probs and TRL's per-token metrics equal padded's -------------------------------------
@@ -196,7 +205,8 @@ def build_trainer(tiny_dir, tmp_path, batching: str, reference: str = "model", m
         processing_class=AutoTokenizer.from_pretrained(tiny_dir), peft_config=lora if reference == "lora" else None,
         beta_schedule=BetaSchedule.from_config(OmegaConf.create({"schedule": "linear", "value": 0.1, "final": 0.5,
                                                                  "warmup_steps": 2})),
-        reference_cache_dir=tmp_path / f"ref_cache-{batching}" if reference == "precomputed" else None, batching=batching)
+        reference_cache_dir=tmp_path / f"ref_cache-{batching}" if reference == "precomputed" else None,
+        batching=batching)
 
 
 class Replay:
@@ -251,9 +261,12 @@ def logged_steps(trainer) -> list[dict]:
 
 
 # The project's default reference (precomputed) for the 20 steps; the others for a few steps each.
+@pytest.mark.slow
 @pytest.mark.parametrize("reference, steps", [("precomputed", 20), ("model", 4), ("lora", 4)])
-def test_steps_log_the_same_losses_and_metrics_as_padded(tiny_dir, tmp_path, reference, steps):
+def test_steps_log_the_same_losses_and_metrics_as_padded(tiny_dir, tmp_path, reference, steps, monkeypatch):
     padded = build_trainer(tiny_dir, tmp_path, "padded", reference, max_steps=steps)
+    built = []  # the layout path really runs (a forward that bypassed it would match padded trivially)
+    monkeypatch.setattr(layouts, "build", lambda *a, build=layouts.build: built.append(a[0]) or build(*a))
     shared = build_trainer(tiny_dir, tmp_path, "prefix_shared", reference, max_steps=steps)
     if reference == "precomputed":  # the numbers do not change, so neither does the cache key: one entry serves both
         data = padded.train_dataset
@@ -261,6 +274,8 @@ def test_steps_log_the_same_losses_and_metrics_as_padded(tiny_dir, tmp_path, ref
         for column in ("ref_chosen_logps", "ref_rejected_logps"):
             torch.testing.assert_close(torch.tensor(shared.train_dataset[column]), torch.tensor(data[column]))
     expected, got = logged_steps(padded), logged_steps(shared)
+    # policy and reference forward per step (precomputed: the reference pass's batches instead)
+    assert len(built) >= steps * (1 if reference == "precomputed" else 2) and set(built) == {"prefix_shared"}
     assert len(got) == len(expected) == steps
     assert expected[-1]["beta"] > expected[0]["beta"]  # the linear schedule ran
     for step, (a, b) in enumerate(zip(expected, got), start=1):
@@ -268,6 +283,7 @@ def test_steps_log_the_same_losses_and_metrics_as_padded(tiny_dir, tmp_path, ref
             assert math.isclose(b[key], a[key], rel_tol=RUN_RTOL, abs_tol=1e-5), (reference, step, key, a[key], b[key])
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_exactly_the_losses_of_an_uninterrupted_one(tiny_dir, tmp_path):
     whole = build_trainer(tiny_dir, tmp_path / "whole", "prefix_shared", max_steps=6, save_strategy="steps",
                           save_steps=3)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -50,7 +50,8 @@ class RewardModelJudge:
 
     def render(self, prompt, response: str) -> str:
         if isinstance(prompt, list):
-            return self.tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+            messages = [*prompt, {"role": "assistant", "content": response}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
         return prompt + response
 
     @torch.no_grad()
@@ -65,8 +66,8 @@ class RewardModelJudge:
         starts = range(0, len(unique), self.batch_size)
         for start in tqdm(starts, desc="eval: judging", unit="batch", disable=not self.progress or not starts):
             chunk = unique[start : start + self.batch_size]
-            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
-                                   add_special_tokens=not templated).to(self.model.device)
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                                   max_length=self.max_length, add_special_tokens=not templated).to(self.model.device)
             rewards.update(zip(chunk, self.model(**batch).logits[:, 0].float().tolist()))
         return [rewards[t] for t in texts]
 
@@ -78,13 +79,14 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"judge.kind={judge.kind}: choose one of {', '.join(KINDS)} (judge=<name> picks one)")
     # A missing name_or_path is refused by check_reward_model, before training: an option must compose and pass
     # these checks on its own (tests/test_config.py), as data=custom does without its required data.source.
-    if judge.kind != "reward_model" or OmegaConf.is_missing(judge, "name_or_path"):
+    if judge.kind != "reward_model" or not judge.name_or_path:
         return
     name = judge.name_or_path
     if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
         raise ConfigError(f"judge.name_or_path={name}: no such directory; give a reward model directory or a hub id")
     if judge.batch_size < 1 or judge.max_length < 2:
-        raise ConfigError(f"judge.batch_size={judge.batch_size}, judge.max_length={judge.max_length}: must be >= 1 and >= 2")
+        raise ConfigError(f"judge.batch_size={judge.batch_size}, judge.max_length={judge.max_length}: "
+                          "must be >= 1 and >= 2")
 
 
 def check_reward_model(cfg: DictConfig) -> None:
@@ -93,16 +95,18 @@ def check_reward_model(cfg: DictConfig) -> None:
     if cfg.judge.kind != "reward_model":
         return
     judge = cfg.judge
-    if OmegaConf.is_missing(judge, "name_or_path") or not judge.name_or_path:
-        raise ConfigError("judge.name_or_path is required by judge=reward_model: give a reward model directory or hub id")
+    if not judge.name_or_path:  # conf/judge/reward_model.yaml's `???` leaves the schema's null in place
+        raise ConfigError("judge.name_or_path is required by judge=reward_model: give a reward model directory or "
+                          "hub id")
     try:
         config = AutoConfig.from_pretrained(judge.name_or_path, revision=judge.revision,
                                             trust_remote_code=judge.trust_remote_code)
     except (OSError, ValueError) as err:  # hub unreachable, gated, not a model directory
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its config ({first_line(err)})") from err
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its config "
+                          f"({first_line(err)})") from err
     if config.num_labels != 1:
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: a classifier with {config.num_labels} labels; a reward "
-                          "model has one (its logit is the reward)")
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: a classifier with {config.num_labels} labels; "
+                          "a reward model has one (its logit is the reward)")
     load_judge_tokenizer(judge, cfg.data.conversational)
 
 
@@ -111,7 +115,8 @@ def load_judge_tokenizer(judge: DictConfig, conversational: bool):
         tokenizer = AutoTokenizer.from_pretrained(judge.name_or_path, revision=judge.revision,
                                                   trust_remote_code=judge.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its tokenizer ({first_line(err)})") from err
+        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its tokenizer "
+                          f"({first_line(err)})") from err
     if judge.chat_template is not None:
         tokenizer.chat_template = resolve_chat_template(judge.chat_template)
     if conversational and tokenizer.chat_template is None:

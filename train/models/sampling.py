@@ -57,7 +57,8 @@ class PerPromptSampling(LogitsProcessor):
             return scores
         if self.generators is None:
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
+        vocab, device = scores.shape[-1], scores.device
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=device) for g in self.generators])
         return scores.float() / self.temperature - torch.log(-torch.log(uniform))
 
 

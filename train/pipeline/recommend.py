@@ -55,11 +55,16 @@ def ranking_metric(rows: list[dict]) -> str:
 
 
 def objective(results: dict, metric: str) -> float:
-    """What a search trial returns to the sweeper; NaN when the run lacks it (Optuna counts the trial as failed)."""
+    """What a search trial returns to the sweeper. A run without the metric raises: Hydra records the job as
+    failed and Optuna counts a failed trial (within max_failure_rate). NaN would not do: optuna 2.10's tell()
+    raises on it a second time inside the sweeper's own error handling, which ends the whole search."""
     if metric == "auto":
         metric = JUDGE_REWARD if value_at(results, JUDGE_REWARD) is not None else HELD_OUT_ACCURACY
     value = value_at(results, metric)
-    return math.nan if value is None else value
+    if value is None:
+        raise ConfigError(f"search.metric={metric}: this run has no such value in results.json (is the stage that "
+                          "writes it on? a judge reward needs a judge and eval.enabled=true)")
+    return value
 
 
 @dataclass(frozen=True)

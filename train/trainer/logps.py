@@ -88,7 +88,8 @@ def wrap_forward(model, layout_name: str, outputs: tuple[str, ...]) -> None:
 
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
-        if forward.dpo_layout == "padded" or not fused_lm_head or args or labels is None or set(kwargs) - LAYOUT_KWARGS:
+        given = {key for key, value in kwargs.items() if value is not None}  # PEFT passes inputs_embeds=None etc.
+        if forward.dpo_layout == "padded" or not fused_lm_head or args or labels is None or given - LAYOUT_KWARGS:
             return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         return layout_forward(self, forward.dpo_layout, outputs, kwargs["input_ids"], kwargs["attention_mask"], labels)
 
