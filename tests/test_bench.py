@@ -13,6 +13,7 @@ import pytest
 
 import wandb_file
 from conftest import REPO, read_results, run_train
+from launch.bench_profile_runs import profile_rows, summarize
 from launch.bench_profiles import MAX_LENGTH, PROFILES, draw_lengths, make_pairs, single_token_words, split_turns
 from train.data import synthetic
 from train.models.tiny import build_tokenizer
@@ -117,3 +118,22 @@ def test_profile_pairs_have_the_drawn_token_counts_under_the_chat_template():
         assert len(prompt) == lengths["prompt"][i] + 2 * messages + 1
         assert len(full) - len(prompt) == lengths["chosen"][i] + 1
     assert split_turns(7, 4) == [1] * 7 and sum(split_turns(100, 3)) == 100
+
+
+def test_profile_ratios_pair_the_sides_of_each_round():
+    def run(pairs_per_s, ref_pass_s=None, memory=None):
+        return {"pairs_per_s": pairs_per_s, "ref_pass_s": ref_pass_s, "step_peak_alloc_mb": memory,
+                "padding_fraction": 0.1, "layout": "prefix_shared"}
+
+    # round 2 ran on a machine twice as busy: paired ratios stay 2.0 / 1.5 where ratios of medians would not
+    sides = {"trl_default": [run(1.0), run(0.5), run(1.0)],
+             "trl_tuned": [run(4 / 3, 30.0, 600.0), run(2 / 3, 60.0), run(4 / 3, 30.0)],
+             "project": [run(2.0, 10.0, 300.0), run(1.0, 20.0), run(2.0, 15.0)]}
+    figures = summarize(sides)
+    assert figures["vs_trl_default"] == pytest.approx(2.0) and figures["vs_trl_tuned"] == pytest.approx(1.5)
+    assert figures["ref_pass_speedup"] == pytest.approx(3.0) and figures["peak_memory_ratio"] == pytest.approx(0.5)
+    result = {"sizes": {"batch": 2, "rounds": 3}, "batching": "auto",
+              "by_vocab": {"32000": {"tldr": {**figures, "sides": sides,
+                                              "lengths": {"prompt_median": 380.0, "response_median": 34.0}}}}}
+    table = "\n".join(profile_rows(result))
+    assert "prefix_shared" in table and "tldr" in table and "targets:" in table

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from wandb_file import records
 
 try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
     from tests.slurm_fixture import slurm_cluster  # noqa: F401
@@ -39,7 +40,10 @@ def test_search_shares_sft_and_the_reference_pass_and_recommends_a_beta(tmp_path
     assert f"recommended: beta={best['beta']:g} (" in proc.stdout
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [float(r["beta"]) for r in rows if r["recommended"] == "yes"] == [best["beta"]]
-    assert len(list((sweep_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # the sweep-report W&B run
+    (report_run,) = (sweep_dir / "wandb").glob("offline-run-*/run-*.wandb")  # the sweep-report W&B run
+    summary = {i.key: json.loads(i.value_json) for r in records(report_run) if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update if i.key}
+    assert summary["report/recommended_beta"] == best["beta"] and summary["report/metric"] == "dpo.judge_reward"
 
 
 @pytest.mark.slurm

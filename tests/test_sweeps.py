@@ -33,7 +33,10 @@ def check_sweep(proc: subprocess.CompletedProcess, output_root: Path, betas: lis
     assert sorted(float(r["beta"]) for r in rows) == betas
     assert all(r["status"] == "ok" for r in rows) and "dpo.train.rewards/margins" in rows[0]
     report = (sweep_dir / "report.md").read_text().splitlines()
-    assert report[2].startswith("| run | status | beta | rewards/accuracies | rewards/margins | judge reward")
+    header = [c.strip() for c in report[2].strip("|").split("|")]
+    assert header[:3] == ["run", "status", "beta"] and header[-1] == "recommended"
+    assert {"rewards/accuracies", "judge reward", "KL", "held-out accuracy"} <= set(header)
+    assert any(line.startswith("recommended: beta=") for line in report)
     assert sum(line.startswith("| beta.value=") and "| ok |" in line for line in report) == len(betas)
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
     assert len(results) == len(betas)
