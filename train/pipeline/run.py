@@ -85,7 +85,7 @@ def finished(cfg: DictConfig, run_dir: Path) -> bool:
     if cfg.stage != "all" or not cfg.resume.enabled or not is_complete(run_dir):
         return False
     print(f"finished: {run_dir} is a finished run; its results are in {run_dir / 'results.json'} "
-          "(to train it again from scratch: resume.enabled=false)", flush=True)
+          "(to judge it again: stage=eval; to train it again from scratch: resume.enabled=false)", flush=True)
     return True
 
 
