@@ -380,3 +380,19 @@ def test_trl_dpo_forwards_still_go_through_the_fused_head_with_the_inputs_we_lay
     fields = [f for f in FusedCausalLMOutput.__dataclass_fields__ if f not in ("loss", "label_mask", "aux_loss")]
     assert fields == ["log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"], broken(
         "trl", f"FusedCausalLMOutput's per-token fields are now {fields}")
+
+
+def test_torch_fake_tensors_and_mem_tracker_still_trace_a_step():
+    """train/models/memory_trace.py: a fake-tensor step attributed by MemTracker (issue 16)."""
+    import torch
+
+    with seams.fake_tensor_mode():
+        layer = torch.nn.Linear(64, 64)
+        optimizer = torch.optim.AdamW(layer.parameters())
+        tracker = seams.memory_tracker()
+        tracker.track_external(layer, optimizer)
+        with tracker:
+            layer(torch.randn(8, 64)).sum().backward()
+            optimizer.step()
+        (peak,) = tracker.get_tracker_snapshot("peak").values()
+    assert isinstance(peak, dict) and peak  # bytes by category: parameters, gradients, optimizer states, ...

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
+from train import seams
 from train.core.errors import ConfigError
 from train.models.architecture import Architecture, transformers_config
 from train.models.memory_plan import Setting
@@ -46,7 +45,7 @@ def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedS
                                              "num_attention_heads", "num_key_value_heads", "vocab_size",
                                              "tie_word_embeddings")}
     config = transformers_config(numbers)
-    with FakeTensorMode():
+    with seams.fake_tensor_mode():
         policy = build(config, s)
         # The reference keeps requires_grad (MemTracker hooks every parameter's gradient) but runs under no_grad.
         reference = build(config, s) if s.reference == "model" else None
@@ -67,7 +66,7 @@ def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedS
             optimizer.step()
 
         step()
-        tracker = MemTracker()
+        tracker = seams.memory_tracker()
         tracker.track_external(policy, optimizer, *[m for m in (reference,) if m is not None])
         with tracker:
             states = current_total(tracker)
@@ -85,6 +84,6 @@ def build(config, s: Setting):
     return model.train()
 
 
-def current_total(tracker: MemTracker) -> int:
+def current_total(tracker) -> int:
     snapshot = tracker.get_tracker_snapshot("current")
     return sum(device["Total"] for device in snapshot.values())
