@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = dict(QUICK if opts.quick else FULL)
     if opts.rounds:
         sizes["rounds"] = opts.rounds
-    # The profiles take ~40 min on 2 cores: in the full benchmark, not in --quick (the tests' run).
+    # The profiles took ~60 min here (2 cores, shared, load 4-16): in the full benchmark, not in --quick (the tests' run).
     default_parts = ("steps", "sweep", "rss") if opts.quick else ("steps", "sweep", "rss", "profiles")
     parts = set(opts.only or default_parts) | ({"ablate"} if opts.ablate else set())
     parts |= {"profile"} if opts.profile else set()
