@@ -113,3 +113,11 @@ def test_beta_search_sweeper_searches_beta_on_a_log_scale():
     sweeper = compose(["hydra/sweeper=beta_search"], return_hydra_config=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.params["beta.value"] == "tag(log, interval(0.01, 1.0))"
+
+
+def test_an_adaptive_beta_run_is_named_by_its_rule_not_as_a_constant_beta():
+    rows = [{"run": "adaptive", "status": "ok", "results": {"beta": 0.1, "beta_schedule": {"schedule": "adaptive"},
+                                                             "dpo": {"judge_reward": 5.0, "kl_to_reference": 3.0}}},
+            {"run": "b0.1", "status": "ok", "results": {"beta": 0.1, "dpo": {"judge_reward": 4.0, "kl_to_reference": 3.0}}}]
+    points, _ = scored(rows, JUDGE_REWARD)
+    assert [p.beta_text for p in points] == ["beta=adaptive (0.1 at step 0)", "beta=0.1"]

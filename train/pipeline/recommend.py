@@ -73,6 +73,13 @@ class Point:
     beta: Optional[float]
     score: float  # the ranking metric
     kl: Optional[float]  # KL(policy || reference), nats per sample; None without the evaluation stage
+    schedule: str = "constant"  # beta.schedule: for a schedule or adaptive beta, `beta` is its value at step 0
+
+    @property
+    def beta_text(self) -> str:
+        """beta=0.1, or beta=adaptive (0.1 at step 0) where beta moves during training."""
+        value = "?" if self.beta is None else f"{self.beta:g}"
+        return f"beta={value}" if self.schedule == "constant" else f"beta={self.schedule} ({value} at step 0)"
 
 
 def scored(rows: list[dict], metric: str) -> tuple[list[Point], list[tuple[str, str]]]:
@@ -85,7 +92,8 @@ def scored(rows: list[dict], metric: str) -> tuple[list[Point], list[tuple[str, 
         elif value is None:
             missing.append((row["run"], f"no {LABELS[metric]} in results.json"))
         else:
-            points.append(Point(row["run"], value_at(row["results"], "beta"), value, value_at(row["results"], KL)))
+            points.append(Point(row["run"], value_at(row["results"], "beta"), value, value_at(row["results"], KL),
+                                (row["results"].get("beta_schedule") or {}).get("schedule", "constant")))
     return points, missing
 
 
@@ -109,7 +117,7 @@ class Recommendation:
         if self.point is None:
             return f"recommended: none ({self.reason})"
         kl = "" if self.point.kl is None else f", KL {self.point.kl:.4g}"
-        return (f"recommended: beta={self.point.beta:g} ({self.point.run}: {LABELS[self.metric]} "
+        return (f"recommended: {self.point.beta_text} ({self.point.run}: {LABELS[self.metric]} "
                 f"{self.point.score:.4g}{kl}; {self.reason})")
 
 

@@ -32,12 +32,12 @@ def plot_reward_vs_kl(points: list[Point], recommendation: Recommendation, not_p
         ax.plot([p.kl for p in front], [p.score for p in front], "-", color="tab:orange", zorder=1,
                 label="Pareto front (max reward, min KL)")
         for p in placed:
-            ax.annotate(f"β={p.beta:.3g}" if p.beta is not None else p.run, (p.kl, p.score),
+            ax.annotate(p.beta_text.replace("beta=", "β="), (p.kl, p.score),
                         textcoords="offset points", xytext=(5, 5), fontsize=8)
         chosen = recommendation.point
         if chosen is not None and chosen.kl is not None:
             ax.scatter([chosen.kl], [chosen.score], marker="*", s=250, color="tab:red", zorder=3,
-                       label=f"recommended β={chosen.beta:.3g}")
+                       label=f"recommended {chosen.beta_text.replace('beta=', 'β=')}")
         if metric == JUDGE_REWARD and sft_judge_reward is not None:
             ax.axhline(sft_judge_reward, color="gray", ls="--", label="reference (SFT)")
         if recommendation.kl_budget is not None:
