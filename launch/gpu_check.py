@@ -3,6 +3,7 @@
     python launch/gpu_check.py                  # ~0.5B model, 25 timed steps after 5 warm-up steps
     python launch/gpu_check.py --batch 128      # pairs per step (default 64)
     python launch/gpu_check.py --smoke          # the same code on this CPU with the tiny model, fp32 (wiring check)
+    python launch/gpu_check.py --layouts padded # one dpo.batching layout (default: padded, prefix_shared, packed)
 
 Reports tokens/s, pairs/s and MFU against the GPU's dense bf16 peak (train/trainer/throughput.py's table: H100 SXM
 and H200 989 TFLOP/s, A100 312, ...; a bf16 matmul measured on the spot for a GPU not in the table).
@@ -11,6 +12,9 @@ synthetic preference data, the FLOP count of train/models/flops.py. No download:
 (throughput does not depend on them), built on the CPU and saved once under outputs/gpu_check/. Takes under
 five minutes on an H100.
 Without a GPU it says so and exits 0.
+Each DPO micro-batch layout (dpo.batching, issue 14) is measured in turn on the same model and data. MFU counts
+the FLOPs of the padded layout's useful tokens (the prompt twice per pair), so a layout that does less work for
+the same pairs shows as a higher MFU: the ratio between layouts is their speedup.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="pairs per step")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check")
     parser.add_argument("--smoke", action="store_true", help="run the same path on the CPU with the tiny model")
+    parser.add_argument("--layouts", default="padded,prefix_shared,packed", help="dpo.batching layouts to measure")
     opts = parser.parse_args(argv)
     if opts.smoke:
         opts.steps, opts.warmup, opts.batch = 2, 1, 8
@@ -52,27 +57,37 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no GPU on this machine (torch.cuda.is_available() is False); nothing to measure.", flush=True)
         return 0
 
+    results = [measure(opts, layout) for layout in opts.layouts.split(",")]
+    print(json.dumps(results[0] if len(results) == 1 else {"layouts": results}), flush=True)
+    return 0
+
+
+def measure(opts, layout: str) -> dict:
     start = time.perf_counter()
     root = opts.out.resolve()
     pairs = opts.batch * (opts.steps + opts.warmup)
     model = [f"model.name_or_path={root / 'models' / 'tiny'}"] if opts.smoke else [
         *[f"model.tiny.{k}={v}" for k, v in MODEL_05B.items()], f"model.name_or_path={root / 'models' / 'llama-05b'}",
         "model.dtype=bfloat16", "+dpo.args.bf16=true"]
-    cfg = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false"])
+    cfg = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false",
+                   f"dpo.batching={layout}"])
     model_path = ensure_base_model(cfg)
     tokenizer = load_tokenizer(cfg, model_path)
     data = load_preference_data(cfg, tokenizer)
     built_s = time.perf_counter() - start
+    device = torch.device("cpu") if opts.smoke else torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # each layout's own peak
     trainer = build_dpo_trainer(cfg, model_path, data, tokenizer, root / "dpo",
                                 extra=timing_args(opts.batch, opts.steps + opts.warmup))
     callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     trainer.train()
     steps = callback.steps[opts.warmup:]
-    device = torch.device("cpu") if opts.smoke else torch.device("cuda", torch.cuda.current_device())
     peak = peak_flops(device, torch.float32 if opts.smoke else torch.bfloat16)
     figures = step_figures(steps, peak)
     result = {
         "gpu": "cpu (smoke)" if opts.smoke else torch.cuda.get_device_name(device),
+        "layout": trainer.batch_layout,
         "parameters": count_parameters_from_config(model_path, False),
         "batch_pairs": opts.batch,
         "steps_timed": len(steps),
@@ -87,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         "setup_s": round(built_s, 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    print(f"gpu_check: {result['gpu']}, {result['parameters'] / 1e9:.2f}B parameters, batch {opts.batch} pairs: "
-          f"{result['tokens_per_s']:.0f} tokens/s, {result['pairs_per_s']:.1f} pairs/s, MFU {result['mfu']:.3f} of "
-          f"{peak / 1e12:.2f} TFLOP/s, peak memory {result['peak_memory_gb']:.1f} GiB, {result['wall_s']:.0f} s in all", flush=True)
-    print(json.dumps(result), flush=True)
-    return 0
+    print(f"gpu_check: {result['gpu']}, {result['parameters'] / 1e9:.2f}B parameters, layout {result['layout']}, "
+          f"batch {opts.batch} pairs: {result['tokens_per_s']:.0f} tokens/s, {result['pairs_per_s']:.1f} pairs/s, "
+          f"MFU {result['mfu']:.3f} of {peak / 1e12:.2f} TFLOP/s, peak memory {result['peak_memory_gb']:.1f} GiB, "
+          f"{result['wall_s']:.0f} s in all", flush=True)
+    del trainer
+    return result
 
 
 if __name__ == "__main__":

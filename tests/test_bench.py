@@ -80,12 +80,14 @@ def test_gpu_check_smoke_trains_the_project_dpo_on_cpu_and_prints_one_json_objec
                           env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    result = json.loads(lines[-1])
-    assert result["gpu"] == "cpu (smoke)" and result["dtype"] == "float32"
-    assert result["steps_timed"] == 2 and result["batch_pairs"] == 8
-    assert result["tokens_per_s"] > 0 and result["pairs_per_s"] > 0 and 0 < result["mfu"] < 1
-    assert result["parameters"] > 0 and result["reference"] in ("precomputed", "model", "lora")
-    assert lines[-2].startswith("gpu_check: cpu (smoke)")
+    results = json.loads(lines[-1])["layouts"]
+    assert [r["layout"] for r in results] == ["padded", "prefix_shared", "packed"]  # each layout really ran
+    for result in results:
+        assert result["gpu"] == "cpu (smoke)" and result["dtype"] == "float32"
+        assert result["steps_timed"] == 2 and result["batch_pairs"] == 8
+        assert result["tokens_per_s"] > 0 and result["pairs_per_s"] > 0 and 0 < result["mfu"] < 1
+        assert result["parameters"] > 0 and result["reference"] in ("precomputed", "model", "lora")
+    assert all(line.startswith("gpu_check: cpu (smoke)") for line in lines[-4:-1])
 
 
 # --- length profiles (issue 14): the generator is a pure function; the measured part runs in `make bench` only ---
