@@ -179,7 +179,10 @@ def test_a_reward_model_that_cannot_judge_is_refused_before_training(reward_mode
 
 @pytest.mark.slow
 def test_with_the_reward_model_as_judge_dpo_scores_above_sft(shared_output_root, reward_model):
-    results = read_results(run_train("debug=fast", *judge_overrides(reward_model), output_root=shared_output_root))
+    # The judge stays out of run names (re-judging a run is stage=eval in its directory): a name of its own keeps
+    # this run apart from test_pipeline's lexicon-judged debug=fast run in the same output root.
+    results = read_results(run_train("debug=fast", "name=judged_by_reward_model", *judge_overrides(reward_model),
+                                     output_root=shared_output_root))
     dpo = results["dpo"]
     assert dpo["judge"] == f"reward_model:{reward_model}"
     assert dpo["judge_reward"] > results["sft"]["judge_reward"] + 1.0, (results["sft"]["judge_reward"], dpo["judge_reward"])

@@ -43,3 +43,8 @@ def test_experiment_names_the_sweep_and_recipe_selects_the_bundle():
     assert cfg.experiment == "csv" and cfg.hydra.sweep.dir.endswith("sweeps/csv")
     real = compose(["recipe=real_model", "experiment=real"])
     assert real.experiment == "real" and real.dpo.args.learning_rate == 5.0e-7
+
+
+def test_the_judge_stays_out_of_the_run_name_so_stage_eval_rejudges_a_run_in_place():
+    judged = run_dir("beta.value=0.2", "judge=reward_model", "judge.name_or_path=/models/rm", "judge.batch_size=4")
+    assert judged == run_dir("beta.value=0.2") == Path("/out/runs/beta.value=0.2")
