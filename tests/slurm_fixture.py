@@ -7,6 +7,7 @@ the cluster is left running at the end so later tests (and people) can keep usin
 """
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,3 +32,10 @@ def slurm_cluster():
             pytest.skip(msg)
         pytest.fail(f"cluster.sh up failed: {msg}")
     yield NODES
+
+
+def dpo_steps_logged(jobs: Path) -> int:
+    """DPO steps the submitit jobs under `jobs` have logged so far: one console line per logging step
+    (train/trainer/console_log.py: "dpo step 4/16 loss ... margins ...")."""
+    return sum(len(re.findall(r"^dpo step \d+/\d+ .*margins", p.read_text(), re.M))
+               for p in jobs.glob(".submitit/*/*_log.out"))

@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, read_results, run_train
 
 try:
-    from tests.slurm_fixture import slurm_cluster  # noqa: F401
+    from tests.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 except ImportError:
-    from slurm_fixture import slurm_cluster  # noqa: F401
+    from slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
@@ -147,7 +147,7 @@ def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Signal once DPO steps are being logged.
     deadline = time.monotonic() + 240
-    while not _dpo_training(jobs):
+    while dpo_steps_logged(jobs) < 10:  # the signal lands mid-DPO
         assert time.monotonic() < deadline and submit.poll() is None, "DPO never started"
         time.sleep(0.2)
     (job_id,) = [p.name for p in jobs.glob(".submitit/*") if p.is_dir()]
@@ -175,7 +175,3 @@ def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
     print(f"preempted at step {stopped_at}; signal to complete checkpoint {stop['signal_to_checkpoint_s']} s; "
           f"signal to finished job {time.monotonic() - signalled:.1f} s")
 
-
-def _dpo_training(jobs: Path, steps: int = 10) -> bool:
-    """True once the job has logged `steps` DPO steps (logging_steps=1): the signal lands mid-DPO."""
-    return sum(p.read_text().count("'rewards/margins'") for p in jobs.glob(".submitit/*/*_log.out")) >= steps

@@ -20,9 +20,9 @@ import pytest
 from conftest import REPO, read_results, run_train
 
 try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
-    from tests.slurm_fixture import slurm_cluster  # noqa: F401
+    from tests.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 except ImportError:
-    from slurm_fixture import slurm_cluster  # noqa: F401
+    from slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
@@ -104,7 +104,7 @@ def test_sigterm_to_every_process_of_a_slurm_job_requeues_and_resumes(slurm_clus
     job_id = None
     try:
         deadline = time.monotonic() + 240
-        while not _dpo_steps_logged(jobs, 4):
+        while dpo_steps_logged(jobs) < 4:
             assert time.monotonic() < deadline and submit.poll() is None, "DPO never started"
             time.sleep(0.2)
         (job_id,) = [p.name for p in jobs.glob(".submitit/*") if p.is_dir()]
@@ -134,9 +134,6 @@ def test_sigterm_to_every_process_of_a_slurm_job_requeues_and_resumes(slurm_clus
     assert results["dpo"]["steps"] == steps
     assert wandb_run_ids(run_dir) == {results["wandb"]["run_id"]}  # one W&B run, continued after the requeue
 
-
-def _dpo_steps_logged(jobs: Path, steps: int) -> bool:
-    return sum(p.read_text().count("'rewards/margins'") for p in jobs.glob(".submitit/*/*_log.out")) >= steps
 
 
 def _job_state(job_id: str) -> tuple:
