@@ -40,7 +40,10 @@ class SweepReportCallback(Callback):
         if sweep_dir.is_dir():
             recommendation = write_report(sweep_dir, config.report.kl_budget)
             print(f"report: {sweep_dir}\n{recommendation.line()}", flush=True)
-            log_to_wandb(config, sweep_dir, recommendation)
+            # A multirun of one job (`make submit` runs its job through Hydra's submitit launcher) compares
+            # nothing: its run's own W&B run has everything, so no report run is added beside it.
+            if len([p for p in sweep_dir.iterdir() if (p / "job_status.json").exists()]) > 1:
+                log_to_wandb(config, sweep_dir, recommendation)
 
 
 def write_report(sweep_dir: Path, kl_budget: Optional[float] = None):
