@@ -30,7 +30,8 @@ def test_dpo_beats_its_reference_under_the_judge(full_run):
     assert results["beta"] == 0.1
     dist = results["distributed"]
     assert (dist["world_size"], dist["num_machines"], dist["zero_stage"]) == (1, 1, 0)
-    assert set(results["runtime_s"]) == {"sft", "dpo", "eval"}
+    # Other tests share this output root: SFT may have been trained by an earlier run and reused here.
+    assert set(results["runtime_s"]) == ({"dpo", "eval"} if sft.get("reused") else {"sft", "dpo", "eval"})
     for key in REWARD_KEYS:
         assert key in dpo["train"]
 
