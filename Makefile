@@ -88,7 +88,7 @@ gpu-check: $(VENV)/.installed ## DPO step of a ~0.5B model in bf16 on one GPU: t
 test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
 	$(PY) -m pytest tests --durations=15 $(ARGS)
 
-test-fast: $(VENV)/.installed ## untagged tier: layers, config, refusals, pure functions, one in-process run (~3 min)
+test-fast: $(VENV)/.installed ## untagged tier: layers, config, refusals, pure functions, one in-process run (~6 min)
 	$(PY) -m pytest tests -m "not slow and not multiproc and not slurm" $(ARGS)
 
 clean: ## remove outputs/ (runs, SFT cache, built models); keeps .venv
