@@ -119,10 +119,20 @@ def test_rows_hold_several_short_units_but_never_exceed_the_longest():
      ("padded", "dpo.batching=auto: using padded, since attn_implementation=flash_attention_2 cannot take a 4D "
                 "mask (supported: sdpa, eager)")),
     ("auto", "gemma2", "sdpa", ("padded", "dpo.batching=auto: using padded, since model type gemma2 is not one of "
-                                          "llama, qwen2")),
+                                          "llama, qwen2, mistral")),
 ])
 def test_auto_picks_the_fastest_supported_layout_or_says_why_not(requested, model_type, attn, expected):
     assert layouts.resolve(requested, model_type, attn) == expected
+
+
+def test_a_sliding_window_shorter_than_max_length_keeps_padded():
+    mistral = AutoConfig.for_model("mistral", sliding_window=4096)
+    assert layouts.layout_model_type(mistral, 1024) == "mistral"
+    assert layouts.resolve("auto", layouts.layout_model_type(mistral, 8192), "sdpa") == (
+        "padded", "dpo.batching=auto: using padded, since model type mistral with sliding_window 4096 < max_length "
+                  "8192 is not one of llama, qwen2, mistral")
+    assert layouts.layout_model_type(AutoConfig.for_model("qwen2", sliding_window=64), 1024) == "qwen2"  # off by default
+    assert layouts.layout_model_type(AutoConfig.for_model("mistral", sliding_window=None), None) == "mistral"
 
 
 @pytest.mark.parametrize("requested, model_type, attn, message", [
@@ -167,7 +177,7 @@ def forward_and_grads(model, batch, layout: str):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])  # mistral: sliding window 4096 > 128 tokens
 def test_per_pair_logps_metrics_and_gradients_equal_padded(model_type, attn):
     model, batch = tiny_random_model(model_type, attn), padded_batch(random_pairs(8, seed=1))
     padded, padded_grads = forward_and_grads(model, batch, "padded")

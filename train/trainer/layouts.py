@@ -25,11 +25,13 @@ from train.core.errors import ConfigError
 
 LAYOUTS = ("padded", "packed", "prefix_shared")  # dpo.batching=, besides `auto`
 AUTO = "auto"
+DPO_DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's max_length when dpo.args does not set one (TRL 1.16)
 # The layout `auto` picks where it is supported: it does the least work (the prompt once per pair, rows packed).
 FASTEST = "prefix_shared"
 # Architectures whose forward is checked exact with a 4D mask and explicit position ids (tests/test_layouts.py).
-# Others may add a sliding window, soft-capped logits or a logit scale that the layout path does not apply.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+# Others may add soft-capped logits or a logit scale that the layout path does not apply. A sliding window is
+# handled by layout_model_type below.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # How each attention implementation reads a 4D mask in transformers 5.24: sdpa a boolean mask (True = attend),
 # eager adds the mask to the scores, so it needs 0 / dtype-min floats (a boolean mask there gave log-probs off by
 # ~0.7, FACTS.md). flash_attention_2 takes no dense mask at all; varlen packing via position ids needs a GPU to
@@ -63,14 +65,28 @@ def resolve(requested: str, model_type: str | None, attn_implementation: str | N
     raise ConfigError(f"dpo.batching={requested}: {reason}; use dpo.batching=padded (or auto)")
 
 
-def local_model_type(name_or_path: str, revision: str | None, trust_remote_code: bool) -> str | None:
-    """The model type from a local directory or the hub cache; None when it is not on this disk (no download at
+def layout_model_type(config, max_length: int | None) -> str:
+    """The model type, marked unsupported when a sliding window could cut attention inside one sequence. The layouts
+    pass their own 4D mask, which takes the place of the model's sliding-window mask, so they are exact only while
+    every sequence fits in the window (Mistral-7B-v0.1: 4096; later Mistrals and Qwen2 by default: no window)."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        window = None  # Qwen2 keeps sliding_window in its config but applies it only with use_sliding_window
+    if window is not None and (max_length is None or window < max_length):
+        return f"{config.model_type} with sliding_window {window} < max_length {max_length}"
+    return config.model_type
+
+
+def local_model_type(name_or_path: str, revision: str | None, trust_remote_code: bool,
+                     max_length: int | None) -> str | None:
+    """layout_model_type from a local directory or the hub cache; None when it is not on this disk (no download at
     start: the trainer checks the loaded model again)."""
     try:
-        return AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True,
-                                          trust_remote_code=trust_remote_code).model_type
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
     except Exception:  # not local: decided once the trainer has loaded the model
         return None
+    return layout_model_type(config, max_length)
 
 
 def check(cfg: DictConfig) -> None:
@@ -78,7 +94,8 @@ def check(cfg: DictConfig) -> None:
     model = cfg.model
     # The embedded tiny model is a Llama (train/models/tiny.py) and is built only later.
     model_type = LlamaConfig.model_type if model.tiny is not None else \
-        local_model_type(model.name_or_path, model.revision, model.trust_remote_code)
+        local_model_type(model.name_or_path, model.revision, model.trust_remote_code,
+                         cfg.dpo.args.get("max_length", DPO_DEFAULT_MAX_LENGTH))
     resolve(cfg.dpo.batching, model_type or SUPPORTED_MODEL_TYPES[0], model.attn_implementation)
 
 

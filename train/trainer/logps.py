@@ -106,7 +106,8 @@ def install(trainer, requested: str) -> str:
     (under PEFT the base model's) and a separate reference model's; returns the layout in use. Called after TRL's
     add_fused_lm_head and before its reference pass. `auto` that cannot run prints one line and stays padded."""
     policy = trainer.model.get_base_model() if is_peft_model(trainer.model) else trainer.model
-    layout, fallback = layouts.resolve(requested, policy.config.model_type, seams.attn_implementation(policy.config))
+    layout, fallback = layouts.resolve(requested, layouts.layout_model_type(policy.config, trainer.args.max_length),
+                                       seams.attn_implementation(policy.config))
     if fallback and trainer.accelerator.is_main_process:
         print(fallback, flush=True)
     if layout == "padded":
