@@ -1,5 +1,7 @@
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +52,21 @@ def read_results(proc: subprocess.CompletedProcess) -> dict:
 def shared_output_root(tmp_path_factory) -> Path:
     """One output root for the pipeline tests, so the tiny model and the SFT stage are built once."""
     return tmp_path_factory.mktemp("outputs")
+
+
+@contextlib.contextmanager
+def process_state_restored():
+    """For a pipeline run inside the pytest process: afterwards the environment, the signal handlers and
+    accelerate's process state are put back, so later tests in this process start clean."""
+    from train import seams  # deferred: torch and accelerate load only for the tests that run the pipeline here
+
+    environ = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        seams.reset_accelerate_state()

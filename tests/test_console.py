@@ -5,15 +5,13 @@ known-harmless library warnings filtered while every other warning still shows."
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import warnings
 from types import SimpleNamespace
 
 import torch
 
+from conftest import process_state_restored
 from test_inprocess import TINY
-from train import seams
 from train.config.compose import compose
 from train.pipeline.plan import eval_banner, training_banner
 from train.pipeline.run import run
@@ -166,20 +164,12 @@ def test_the_parallel_mode_notice_is_dropped_and_other_records_pass():
 
 def test_an_inprocess_run_shows_banners_lines_and_summary_not_dicts(tmp_path, capfd):
     """The fast in-process run of tests/test_inprocess.py (~2 s), its console captured."""
-    environ = dict(os.environ)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
     cfg, run_dir = compose([*TINY, f"output_root={tmp_path}"]), tmp_path / "runs" / "console"
-    try:
+    with process_state_restored():
         run(cfg, run_dir, "console")
         out = capfd.readouterr().out
         run(cfg, run_dir, "console")  # finished: says so and shows the summary again, trains nothing
         again = capfd.readouterr().out
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        seams.reset_accelerate_state()
     for expected in ("== run: stage all on 1 process (1 machine), no DeepSpeed ==",
                      "== sft: training 2 optimizer steps on 1 process",
                      "== dpo: training 2 optimizer steps on 1 process",

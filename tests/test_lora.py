@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
+from conftest import process_state_restored
 from test_inprocess import TINY
 from transformers import AutoModelForCausalLM
 
-from train import seams
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.models.adapters import (ADAPTER_CONFIG, ADAPTER_DIR, base_model_of, check_target_modules, lora_config,
@@ -123,20 +122,12 @@ def test_an_adapter_whose_base_is_gone_is_one_line(tmp_path):
 def lora_run(tmp_path_factory):
     """SFT with LoRA, then DPO with reference=lora and a merged policy, in-process on the tiny sizes."""
     root = tmp_path_factory.mktemp("lora_run")
-    environ = dict(os.environ)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
     # No warmup: the first steps move the adapters (B starts at 0), so base + adapter differs from the base.
     cfg = compose([*TINY, f"output_root={root}", "sft.lora.enabled=true", "dpo.reference=lora", "dpo.lora.merge=true",
                    "sft.args.warmup_steps=0", "dpo.args.warmup_steps=0"])
-    try:
+    with process_state_restored():
         results = run(cfg, root / "runs" / "lora", "lora")
         yield cfg, root, results
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        seams.reset_accelerate_state()
 
 
 @pytest.mark.slow
