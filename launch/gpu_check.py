@@ -4,6 +4,7 @@
     python launch/gpu_check.py --batch 128      # pairs per step (default 64)
     python launch/gpu_check.py --smoke          # the same code on this CPU with the tiny model, fp32 (wiring check)
     python launch/gpu_check.py --layouts padded # one dpo.batching layout (default: padded, prefix_shared, packed)
+    python launch/gpu_check.py --attn flash_attention_2  # packed as varlen flash attention (needs flash-attn)
 
 Reports tokens/s, pairs/s and MFU against the GPU's dense bf16 peak (train/trainer/throughput.py's table: H100 SXM
 and H200 989 TFLOP/s, A100 312, ...; a bf16 matmul measured on the spot for a GPU not in the table).
@@ -33,6 +34,7 @@ sys.path.insert(0, str(REPO))  # run as a script (`python launch/gpu_check.py`):
 from launch.bench_setup import compose, data_overrides, step_figures, timing_args  # noqa: E402
 from train.data import load_preference_data  # noqa: E402
 from train.models.loading import count_parameters_from_config, ensure_base_model, load_tokenizer  # noqa: E402
+from train.trainer import layouts  # noqa: E402
 from train.trainer.builders import build_dpo_trainer, reference_forward  # noqa: E402
 from train.trainer.throughput import ThroughputCallback, peak_flops, peak_memory_mb  # noqa: E402
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check")
     parser.add_argument("--smoke", action="store_true", help="run the same path on the CPU with the tiny model")
     parser.add_argument("--layouts", default="padded,prefix_shared,packed", help="dpo.batching layouts to measure")
+    parser.add_argument("--attn", default="sdpa", help="model.attn_implementation (sdpa, eager, flash_attention_2)")
     opts = parser.parse_args(argv)
     if opts.smoke:
         opts.steps, opts.warmup, opts.batch = 2, 1, 8
@@ -57,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no GPU on this machine (torch.cuda.is_available() is False); nothing to measure.", flush=True)
         return 0
 
-    results = [measure(opts, layout) for layout in opts.layouts.split(",")]
+    results = []
+    for layout in opts.layouts.split(","):
+        reason = None if layout == "padded" else layouts.unsupported_reason(layout, "llama", opts.attn)
+        if reason:
+            print(f"gpu_check: skipping {layout}: {reason}", flush=True)
+        else:
+            results.append(measure(opts, layout))
     print(json.dumps(results[0] if len(results) == 1 else {"layouts": results}), flush=True)
     return 0
 
@@ -70,7 +79,7 @@ def measure(opts, layout: str) -> dict:
         *[f"model.tiny.{k}={v}" for k, v in MODEL_05B.items()], f"model.name_or_path={root / 'models' / 'llama-05b'}",
         "model.dtype=bfloat16", "+dpo.args.bf16=true"]
     cfg = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false",
-                   f"dpo.batching={layout}"])
+                   f"dpo.batching={layout}", f"model.attn_implementation={opts.attn}"])
     model_path = ensure_base_model(cfg)
     tokenizer = load_tokenizer(cfg, model_path)
     data = load_preference_data(cfg, tokenizer)

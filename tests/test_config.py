@@ -38,6 +38,18 @@ def test_every_group_option_composes_and_validates(group, option):
     check_config(cfg)  # the whole start-up check, as `python -m train` runs it
 
 
+def test_a_flash_attention_that_is_not_installed_is_refused_at_start(monkeypatch):
+    """transformers raises it as an ImportError traceback once the weights load; we say it before anything runs."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ConfigError, match="model.attn_implementation=flash_attention_2 needs the flash_attn package, "
+                                          "which is not installed; install it where the job runs, or use "
+                                          "model.attn_implementation=sdpa"):
+        check_config(compose_cfg("model.attn_implementation=flash_attention_2"))
+
+
 # "auto" values DeepSpeed's config keeps until the model is known (transformers fills them from its hidden size).
 MODEL_SIZED = {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"}
 

@@ -116,8 +116,13 @@ def test_rows_hold_several_short_units_but_never_exceed_the_longest():
     ("packed", "llama", "sdpa", ("packed", None)),
     ("padded", "mistral", "flash_attention_2", ("padded", None)),
     ("auto", "llama", "flash_attention_2",
-     ("padded", "dpo.batching=auto: using padded, since attn_implementation=flash_attention_2 cannot take a 4D "
-                "mask (supported: sdpa, eager)")),
+     ("packed", "dpo.batching=auto: using packed, since prefix_shared: attn_implementation=flash_attention_2 takes "
+                "sequence boundaries, not the 4D mask prefix sharing needs (packed works with it; prefix_shared with "
+                "sdpa or eager)")),
+    ("packed", "qwen2", "flash_attention_3", ("packed", None)),
+    ("auto", "llama", "flex_attention",
+     ("padded", "dpo.batching=auto: using padded, since attn_implementation=flex_attention takes neither a 4D mask "
+                "nor packed position ids (supported: sdpa, eager, flash_attention_2, flash_attention_3)")),
     ("auto", "gemma2", "sdpa", ("padded", "dpo.batching=auto: using padded, since model type gemma2 is not one of "
                                           "llama, qwen2, mistral")),
 ])
@@ -138,6 +143,7 @@ def test_a_sliding_window_shorter_than_max_length_keeps_padded():
 @pytest.mark.parametrize("requested, model_type, attn, message", [
     ("prefix_shared", "llama", "flash_attention_2", "dpo.batching=prefix_shared: attn_implementation=flash_attention"),
     ("packed", "gemma2", "sdpa", "dpo.batching=packed: model type gemma2"),
+    ("packed", "llama", "flex_attention", "dpo.batching=packed: attn_implementation=flex_attention takes neither"),
     ("prefixshared", "llama", "sdpa", "dpo.batching=prefixshared: choose one of auto, padded, packed, prefix_shared"),
 ])
 def test_an_explicit_layout_that_cannot_work_is_refused_in_one_line(requested, model_type, attn, message):
@@ -148,9 +154,10 @@ def test_an_explicit_layout_that_cannot_work_is_refused_in_one_line(requested, m
 
 
 def test_the_start_up_check_refuses_an_explicit_layout_the_attention_cannot_take():
-    layouts.check(compose(["model.attn_implementation=flash_attention_2"]))  # auto: falls back later, no error
-    with pytest.raises(ConfigError, match="dpo.batching=packed: attn_implementation=flash_attention_2 cannot take"):
-        layouts.check(compose(["dpo.batching=packed", "model.attn_implementation=flash_attention_2"]))
+    layouts.check(compose(["model.attn_implementation=flash_attention_2"]))  # auto: packed later, no error
+    layouts.check(compose(["dpo.batching=packed", "model.attn_implementation=flash_attention_2"]))
+    with pytest.raises(ConfigError, match="dpo.batching=prefix_shared: attn_implementation=flash_attention_2 takes"):
+        layouts.check(compose(["dpo.batching=prefix_shared", "model.attn_implementation=flash_attention_2"]))
 
 
 # --- one forward: log-probs and TRL's per-token metrics equal padded's -------------------------------------
@@ -189,6 +196,27 @@ def test_per_pair_logps_metrics_and_gradients_equal_padded(model_type, attn):
         assert torch.equal(laid_out.is_top1, padded.is_top1) and torch.equal(laid_out.label_mask, padded.label_mask)
         for name, grad in padded_grads.items():
             torch.testing.assert_close(grads[name], grad, rtol=FORWARD_RTOL, atol=1e-6, msg=f"{layout} {name}")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_the_varlen_layout_for_flash_attention_is_one_unpadded_row_and_equals_padded(model_type):
+    """What flash_attention_2 receives (one row, no mask, position ids restarting at 0 per sequence), run through
+    sdpa: transformers builds sdpa's block mask from the same position ids that give flash attention its
+    cu_seqlens. Exact on CPU; the flash kernel itself is only reachable on a GPU (make gpu-check)."""
+    model, batch = tiny_random_model(model_type, "sdpa"), padded_batch(random_pairs(8, seed=2))
+    padded, padded_grads = forward_and_grads(model, batch, "padded")
+    layout = layouts.build("packed", batch["input_ids"], batch["attention_mask"], batch["labels"], one_row=True)
+    assert layout.input_ids.size(0) == 1 and layout.num_tokens == int(batch["attention_mask"].sum())  # no padding
+    starts = (layout.position_ids[0] == 0).nonzero().view(-1).tolist()
+    assert len(starts) == batch["input_ids"].size(0)  # one boundary per sequence, as flash attention will find them
+    model.zero_grad()
+    out = logps.layout_forward(model, "packed", logps.POLICY_OUTPUTS, batch["input_ids"], batch["attention_mask"],
+                               batch["labels"], kind=layouts.VARLEN)
+    (out.log_probs.sum() + out.entropy.sum()).backward()
+    torch.testing.assert_close(out.log_probs.sum(1), padded.log_probs.sum(1), rtol=FORWARD_RTOL, atol=1e-6)
+    torch.testing.assert_close(out.entropy, padded.entropy, rtol=FORWARD_RTOL, atol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, padded_grads[name], rtol=FORWARD_RTOL, atol=1e-6, msg=name)
 
 
 # --- the trainer: loss types, reference placements, 20-step runs, resume --------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -74,17 +75,37 @@ def load_tokenizer(cfg: DictConfig, path: str):
     return tokenizer
 
 
+# The package each flash attention implementation imports (transformers 5.24, utils/import_utils.py).
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+USE_SDPA = "install it where the job runs, or use model.attn_implementation=sdpa"
+
+
+def check_attention(attn_implementation: str | None) -> None:
+    """At start (also where a job is only submitted, so no GPU is asked for): a flash attention whose package is not
+    installed. transformers would raise it as an ImportError traceback once the weights start loading."""
+    package = FLASH_PACKAGES.get(attn_implementation)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"model.attn_implementation={attn_implementation} needs the {package} package, which is not "
+                          f"installed; {USE_SDPA}")
+
+
 def load_model(cfg: DictConfig, path: str):
     """A full model from `path`; a LoRA adapter directory is loaded onto its base (the absolute path pinned
     in adapter_config.json, train/models/adapters.py) and merged."""
-    if is_adapter(path):
-        return load_merged(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=cfg.model.dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    try:
+        if is_adapter(path):
+            return load_merged(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=cfg.model.dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    except ImportError as err:  # e.g. flash-attn installed but no CUDA GPU on this machine
+        if cfg.model.attn_implementation not in FLASH_PACKAGES:
+            raise
+        raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation} cannot run here "
+                          f"({str(err).splitlines()[0]}); {USE_SDPA}") from None
 
 
 def count_parameters(model) -> int:

@@ -6,6 +6,9 @@
   prefix_shared  each pair as one sequence: shared prefix (the prompt) + chosen + rejected; rejected sees the prefix
                  but not chosen and its position ids restart where the prefix ends; such triples packed into rows
 
+With flash_attention_2/3 there is no dense mask: `packed` puts every sequence in one row and transformers finds the
+sequence boundaries from the position ids (varlen attention); `prefix_shared` needs the mask, so `auto` picks `packed`.
+
 A layout is built from TRL's collated batch (input_ids, attention_mask, labels; chosen rows first), so TRL's
 collator, truncation and data pipeline stay as they are. `source`/`target`/`dest` say, for every response token,
 which hidden state of the layout predicts it, the token, and where its value goes in TRL's [2B, T-1] per-token
@@ -26,43 +29,57 @@ from train.core.errors import ConfigError
 LAYOUTS = ("padded", "packed", "prefix_shared")  # dpo.batching=, besides `auto`
 AUTO = "auto"
 DPO_DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's max_length when dpo.args does not set one (TRL 1.16)
-# The layout `auto` picks where it is supported: it does the least work (the prompt once per pair, rows packed).
-FASTEST = "prefix_shared"
 # Architectures whose forward is checked exact with a 4D mask and explicit position ids (tests/test_layouts.py).
 # Others may add soft-capped logits or a logit scale that the layout path does not apply. A sliding window is
 # handled by layout_model_type below.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-# How each attention implementation reads a 4D mask in transformers 5.24: sdpa a boolean mask (True = attend),
-# eager adds the mask to the scores, so it needs 0 / dtype-min floats (a boolean mask there gave log-probs off by
-# ~0.7, FACTS.md). flash_attention_2 takes no dense mask at all; varlen packing via position ids needs a GPU to
-# test and is not wired: it stays on padded.
-MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
+# How each attention implementation is told where a sequence may look. A 4D mask in transformers 5.24: sdpa reads a
+# boolean one (True = attend), eager adds the mask to the scores, so it needs 0 / dtype-min floats (a boolean mask
+# there gave log-probs off by ~0.7, FACTS.md). Flash attention takes no dense mask ("varlen"): with batch size 1 and
+# position ids that restart at 0, transformers calls flash_attn_varlen_func with the boundaries it finds in the
+# position ids (modeling_flash_attention_utils._is_packed_sequence; the padding-free path of its
+# DataCollatorWithFlattening). Boundaries cannot say "rejected skips chosen", so prefix_shared needs a 4D mask.
+# The varlen layout is checked on CPU through sdpa, which builds its block mask from the same position ids
+# (masking_utils.find_packed_sequence_indices); the flash kernel itself needs a GPU.
+MASK_KINDS = {"sdpa": "bool", "eager": "additive", "flash_attention_2": "varlen", "flash_attention_3": "varlen"}
+VARLEN = "varlen"
+# `auto` takes the first of these that can run: the prompt once per pair, then every sequence once.
+PREFERENCE = ("prefix_shared", "packed")
 BRANCH_SHARED, BRANCH_CHOSEN, BRANCH_REJECTED = 0, 1, 2
 
 
-def unsupported_reason(model_type: str | None, attn_implementation: str | None) -> str | None:
-    """Why the non-padded layouts cannot run on this model, or None when they can."""
+def unsupported_reason(layout: str, model_type: str | None, attn_implementation: str | None) -> str | None:
+    """Why `layout` (packed or prefix_shared) cannot run on this model, or None when it can."""
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
-    if attn_implementation not in MASK_KINDS:
-        return (f"attn_implementation={attn_implementation} cannot take a 4D mask (supported: "
-                f"{', '.join(MASK_KINDS)})")
+    kind = MASK_KINDS.get(attn_implementation)
+    if kind is None:
+        return (f"attn_implementation={attn_implementation} takes neither a 4D mask nor packed position ids "
+                f"(supported: {', '.join(MASK_KINDS)})")
+    if layout == "prefix_shared" and kind == VARLEN:
+        return (f"attn_implementation={attn_implementation} takes sequence boundaries, not the 4D mask prefix sharing "
+                f"needs (packed works with it; prefix_shared with sdpa or eager)")
     return None
 
 
 def resolve(requested: str, model_type: str | None, attn_implementation: str | None) -> tuple[str, str | None]:
-    """(layout to use, one line saying why `auto` fell back to padded, or None). An explicit layout that cannot
-    work on this model is refused with ConfigError."""
+    """(layout to use, one line saying why `auto` did not take the fastest layout, or None). An explicit layout
+    that cannot work on this model is refused with ConfigError."""
     if requested != AUTO and requested not in LAYOUTS:
         raise ConfigError(f"dpo.batching={requested}: choose one of {AUTO}, {', '.join(LAYOUTS)}")
-    reason = unsupported_reason(model_type, attn_implementation)
-    if requested == "padded" or (requested == AUTO and reason is None):
-        return ("padded" if requested == "padded" else FASTEST), None
-    if reason is None:
+    if requested == "padded":
+        return "padded", None
+    if requested != AUTO:
+        reason = unsupported_reason(requested, model_type, attn_implementation)
+        if reason is not None:
+            raise ConfigError(f"dpo.batching={requested}: {reason}; use dpo.batching=padded (or auto)")
         return requested, None
-    if requested == AUTO:
-        return "padded", f"dpo.batching=auto: using padded, since {reason}"
-    raise ConfigError(f"dpo.batching={requested}: {reason}; use dpo.batching=padded (or auto)")
+    reasons = [unsupported_reason(layout, model_type, attn_implementation) for layout in PREFERENCE]
+    for layout, reason in zip(PREFERENCE, reasons, strict=True):
+        if reason is None:
+            return layout, (None if layout == PREFERENCE[0] else
+                            f"dpo.batching=auto: using {layout}, since {PREFERENCE[0]}: {reasons[0]}")
+    return "padded", f"dpo.batching=auto: using padded, since {reasons[-1]}"
 
 
 def layout_model_type(config, max_length: int | None) -> str:
@@ -172,8 +189,10 @@ def units_of(layout: str, ids: list[list[int]]) -> list[list[tuple[int, int, int
     return units
 
 
-def build(layout: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Layout:
-    """The `layout` of TRL's right-padded batch (labels: input_ids with -100 outside the responses)."""
+def build(layout: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+          one_row: bool = False) -> Layout:
+    """The `layout` of TRL's right-padded batch (labels: input_ids with -100 outside the responses). `one_row`: every
+    unit in a single row with no padding at all (varlen attention, which has no dense mask to pay for)."""
     device = input_ids.device
     input_ids, labels = input_ids.cpu(), labels.cpu()
     rows_in, width = input_ids.shape
@@ -185,8 +204,8 @@ def build(layout: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, la
     ids = [input_ids[row, :lengths[row]].tolist() for row in range(rows_in)]
     units = units_of(layout, ids)
     unit_lengths = [sum(end - start for _, start, end, _ in pieces) for pieces in units]
-    rows = pack_rows(unit_lengths)
-    length = max(unit_lengths)
+    rows = [list(range(len(units)))] if one_row else pack_rows(unit_lengths)
+    length = sum(unit_lengths) if one_row else max(unit_lengths)
     shape = (len(rows), length)
     packed_ids = torch.zeros(shape, dtype=input_ids.dtype)
     position_ids = torch.zeros(shape, dtype=torch.long)

@@ -60,10 +60,12 @@ def to_padded(values: torch.Tensor | None, dest: torch.Tensor, shape: torch.Size
 
 
 def layout_forward(model, layout_name: str, outputs: tuple[str, ...], input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor, labels: torch.Tensor) -> FusedCausalLMOutput:
-    layout = layouts.build(layout_name, input_ids, attention_mask, labels)
-    kind = layouts.MASK_KINDS[seams.attn_implementation(model.config)]
-    mask = layout.attention_mask(kind, model.dtype)
+                   attention_mask: torch.Tensor, labels: torch.Tensor, kind: str | None = None) -> FusedCausalLMOutput:
+    """`kind`: how the model's attention is told the sequences apart (layouts.MASK_KINDS; by default the one of its
+    attention implementation). Varlen: one row, no mask, the boundaries in the position ids."""
+    kind = kind or layouts.MASK_KINDS[seams.attn_implementation(model.config)]
+    layout = layouts.build(layout_name, input_ids, attention_mask, labels, one_row=kind == layouts.VARLEN)
+    mask = None if kind == layouts.VARLEN else layout.attention_mask(kind, model.dtype)
     hidden = model.base_model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
                               use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.size(-1))[layout.source]
