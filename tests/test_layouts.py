@@ -10,7 +10,9 @@ rounding of a different summation order, grown by AdamW).
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ from train.core.errors import ConfigError
 from train.models.tiny import build_tiny_model
 from train.trainer import layouts, logps
 from train.trainer.beta import BetaSchedule
+from train.trainer.builders import release
 from train.trainer.dpo import ProjectDPOTrainer
 from train.trainer.reference_cache import digest, key_parts
 
@@ -348,3 +351,14 @@ def test_zero3_on_two_processes_in_prefix_shared_matches_one_padded_process(tmp_
     for e1, e2 in zip(h1, h2):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"):
             assert e2[key] == pytest.approx(e1[key], rel=1e-4, abs=1e-5), (e1["step"], key, e1[key], e2[key])
+
+
+def test_a_released_trainer_lets_go_of_policy_reference_and_optimizer(tiny_dir, tmp_path):
+    """run_sft and run_dpo release their trainer before the next stage loads whole models (evaluation: policy and
+    reference on every rank); the trainer and its callback handler held all three until the process ended."""
+    trainer = build_trainer(tiny_dir, tmp_path, "padded", max_steps=1)
+    trainer.train()
+    held = [weakref.ref(trainer.model), weakref.ref(trainer.ref_model), weakref.ref(trainer.optimizer)]
+    release(trainer)
+    gc.collect()
+    assert [ref() for ref in held] == [None, None, None]

@@ -20,7 +20,7 @@ from train.pipeline.results import DPOResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
-from train.trainer.builders import build_dpo_trainer, reference_forward
+from train.trainer.builders import build_dpo_trainer, reference_forward, release
 from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
 
@@ -47,7 +47,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     distributed = distributed_summary(cfg, trainer)
     tracking.log_summary(wandb_run, flatten({"distributed": {f"rank{r['rank']}": {k: v for k, v in r.items() if k != "rank"}
                                                              for r in distributed["ranks"]}}))
-    return DPOResult(
+    result = DPOResult(
         policy_path=str(policy_dir),
         reference_path=str(reference),
         train=last_logged(trainer, "rewards/accuracies"),
@@ -60,6 +60,8 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
         distributed=distributed,
         wandb=tracking.run_info(wandb_run, cfg),
     )
+    release(trainer)  # before evaluation loads whole models
+    return result
 
 
 def finish_policy(cfg: DictConfig, policy_dir: Path, reference: Path, merge: bool) -> None:

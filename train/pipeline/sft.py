@@ -32,7 +32,7 @@ from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
-from train.trainer.builders import build_sft_trainer
+from train.trainer.builders import build_sft_trainer, release
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
 from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
@@ -107,9 +107,11 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     runtime_s = time.perf_counter() - start
     tracking.finish(wandb_run)
     history = [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
-    return SFTResult(path=str(out), train=last_logged(trainer, "loss"), history=history,
-                     steps=trainer.state.global_step, resumed_from=str(resume_from) if resume_from else None,
-                     runtime_s=runtime_s)
+    result = SFTResult(path=str(out), train=last_logged(trainer, "loss"), history=history,
+                       steps=trainer.state.global_step, resumed_from=str(resume_from) if resume_from else None,
+                       runtime_s=runtime_s)
+    release(trainer)  # before DPO loads policy and reference
+    return result
 
 
 def keep_run_id(work: Path, wandb_run) -> None:

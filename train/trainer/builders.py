@@ -3,14 +3,17 @@ so what they measure is what a run trains with."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from trl import SFTTrainer
 
 from train.config.trainer_args import build_dpo_config, build_sft_config
 from train.models.adapters import lora_config
+from train import seams
 from train.trainer import beta
 from train.trainer.dpo import ProjectDPOTrainer
 
@@ -47,3 +50,19 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
 def reference_forward(cfg: DictConfig) -> bool:
     """Whether a DPO step also runs the reference forward (not when its log-probs were precomputed)."""
     return cfg.dpo.reference != "precomputed"
+
+
+def release(trainer) -> None:
+    """Lets go of a finished trainer's models, optimizer and DeepSpeed engines and empties the GPU cache, so the
+    stage after it starts from free memory (evaluation loads policy and reference whole on every rank; without
+    this the ZeRO engine, its optimizer partitions and TRL's reference engine stayed referenced until the process
+    ended). accelerate's free_memory destroys the engine it prepared; the trainer's own attributes go here."""
+    seams.release_precompute_engine(trainer)
+    trainer.accelerator.free_memory()
+    for owner in (trainer, trainer.callback_handler):  # the callback handler holds model, optimizer, scheduler too
+        for name in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler", "deepspeed"):
+            if hasattr(owner, name):
+                setattr(owner, name, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
