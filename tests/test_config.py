@@ -132,6 +132,7 @@ def test_config_errors_name_the_key(overrides, message):
         (["dpo.args.learning_rate=0.1", "nosuchkey=1"], "Could not override 'nosuchkey'"),
         (["beta.value=-1"], "error: beta.value=-1.0: beta must be > 0 (typical 0.05-0.5)"),
         (["+dpo.args.learnig_rate=1"], "error: dpo.args.learnig_rate: not a DPOConfig setting; did you mean dpo.args.learning_rate?"),
+        (["-m", "--cfg", "hydra"], "error: -m cannot be combined with --cfg or --info (Hydra runs one mode at a time)"),
     ],
 )
 def test_command_line_errors_are_one_line_without_traceback(args, expected, tmp_path):

@@ -80,7 +80,10 @@ def precheck(argv: list[str]) -> None:
     from train.pipeline.checks import check_config  # deferred: see main()
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    if not multirun and any(a.startswith("-") for a in argv):  # --cfg, --help, --info ...: Hydra's own
+    if multirun and any(a in ("-c", "--cfg", "-i", "--info") or a.startswith("--cfg=") for a in argv):
+        fail("-m cannot be combined with --cfg or --info (Hydra runs one mode at a time): drop -m to see the "
+             "config of one job of the sweep")
+    if any(a.startswith("-") for a in argv if a not in ("-m", "--multirun")):  # --cfg, --help, --info: Hydra's own
         return
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
     try:
