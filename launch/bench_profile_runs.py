@@ -42,6 +42,7 @@ from launch.bench_setup import MODEL_20M, compose, data_overrides, model_overrid
 from train import seams
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.trainer.builders import build_dpo_trainer
+from train.trainer.console_log import ConsoleLogCallback
 
 # RoPE positions up to TRL's max_length; otherwise the ~20M Llama of `make bench`. 32k first: the headline figures.
 # A TL;DR step of TRL's defaults at 32k is ~10 s of the 2 cores: 1 timed step per side and round keeps the part
@@ -141,6 +142,7 @@ def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, size
     construct_s = time.perf_counter() - start
     probe = StepProbe(tokenizer.pad_token_id, timed + 1 if memory else 0, work / f"{side}-trace.json")
     trainer.add_callback(probe)
+    ConsoleLogCallback.attach(trainer, side)  # TRL's sides too: a line per step, not transformers' dict
     # On the decoder: it sees the layout's rows (train/trainer/logps.py runs the backbone on them), not TRL's batch.
     trainer.model.get_decoder().register_forward_pre_hook(probe.count, with_kwargs=True)
     trainer.train()

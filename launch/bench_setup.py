@@ -16,6 +16,7 @@ from train.config.compose import compose as compose_config
 from train.data import load_preference_data
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
+from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback, measure_matmul_peak
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def measure_steps(build: Callable, reference_forward: bool, batch: int, warmup: 
     trainer = build()
     construct_s = time.perf_counter() - start
     callback = ThroughputCallback.attach(trainer, kind, reference_forward=reference_forward)
+    ConsoleLogCallback.attach(trainer, kind)  # TRL's sides too: a line per step, as the project's prints
     trainer.train()
     steps = callback.steps[warmup:]
     figures = {

@@ -21,7 +21,6 @@ from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
 from train.trainer.builders import build_dpo_trainer, reference_forward, release
-from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
 
 
@@ -32,7 +31,6 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))})
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
     announce_training("dpo", cfg, trainer, len(data.train_pairs))
-    ConsoleLogCallback.attach(trainer, "dpo")  # a line of numbers per logging step, not a dict of strings
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
     resume_from = train_resumably(cfg, trainer, run_signature(cfg, trainer, data.content_fingerprint()), run_dir, wandb_run)
     held_out = trainer.evaluate()

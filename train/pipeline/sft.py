@@ -34,7 +34,6 @@ from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
 from train.trainer.builders import build_sft_trainer, release
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
-from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback
 
 
@@ -86,7 +85,6 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
     announce_training("sft", cfg, trainer, len(data.sft))
-    ConsoleLogCallback.attach(trainer, "sft")  # a line of numbers per logging step, not a dict of strings
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     faults.set_stage("sft")  # tests: injected faults name the stage they are for
     try:

@@ -15,6 +15,7 @@ from train.config.trainer_args import build_dpo_config, build_sft_config
 from train.models.adapters import lora_config
 from train import seams
 from train.trainer import beta
+from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.dpo import ProjectDPOTrainer
 
 
@@ -25,14 +26,16 @@ def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
     # sft.lora trains adapters through TRL's peft_config, as dpo.reference=lora does; run_sft still publishes
     # full (merged) weights, because DPO loads its start and its reference by path.
     peft_config = lora_config(cfg.sft.lora) if cfg.sft.lora.enabled else None
-    return SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer,
-                      peft_config=peft_config)
+    trainer = SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer,
+                         peft_config=peft_config)
+    ConsoleLogCallback.attach(trainer, "sft")  # a line of numbers per logging step, not a dict of strings
+    return trainer
 
 
 def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
                       extra: dict[str, Any] | None = None) -> ProjectDPOTrainer:
     args = build_dpo_config(cfg, output_dir, extra)
-    return ProjectDPOTrainer(
+    trainer = ProjectDPOTrainer(
         model=model_path,  # TRL loads the reference from the same path: the SFT model, never a checkpoint
         args=args,
         train_dataset=data.train_pairs,
@@ -45,6 +48,8 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
         reference_cache_dir=Path(cfg.output_root).resolve() / "ref_cache",
         batching=cfg.dpo.batching,
     )
+    ConsoleLogCallback.attach(trainer, "dpo")
+    return trainer
 
 
 def reference_forward(cfg: DictConfig) -> bool:
