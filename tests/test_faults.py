@@ -162,14 +162,14 @@ def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
     assert 0 < stopped_at < 40
     (stop,) = [json.loads(line) for line in (run_dir / "preemptions.jsonl").read_text().splitlines()]
     assert stop["step"] == stopped_at  # no step lost: the checkpoint is the step the signal arrived in
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "loss"):
-        assert results["dpo"]["train"][key] == pytest.approx(reference["dpo"]["train"][key], rel=1e-6, abs=1e-7), key
+    keys = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "loss")
+    assert_same_run([results["dpo"]["train"][k] for k in keys], [reference["dpo"]["train"][k] for k in keys])
     import torch
     from safetensors.torch import load_file
 
     a = load_file(Path(results["dpo"]["policy_path"]) / "model.safetensors")
     b = load_file(Path(reference["dpo"]["policy_path"]) / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)  # as conftest.assert_same_run
     run_ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
     assert run_ids == {results["wandb"]["run_id"]}  # one W&B run, continued after the requeue
     print(f"preempted at step {stopped_at}; signal to complete checkpoint {stop['signal_to_checkpoint_s']} s; "
