@@ -50,6 +50,19 @@ def test_a_flash_attention_that_is_not_installed_is_refused_at_start(monkeypatch
         check_config(compose_cfg("model.attn_implementation=flash_attention_2"))
 
 
+def test_an_attention_the_model_class_does_not_implement_is_refused_at_start(tmp_path):
+    """Gemma2 has no sdpa: transformers raised a ValueError traceback when TRL loaded it; read from config.json."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("gemma2", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, vocab_size=64).save_pretrained(tmp_path)
+    local = (f"model.name_or_path={tmp_path}", "model.tiny=null", "model.arch=null")
+    with pytest.raises(ConfigError, match=r"model.attn_implementation=sdpa: Gemma2ForCausalLM does not implement it "
+                                          r"in transformers [0-9.]+; use model.attn_implementation=eager$"):
+        check_config(compose_cfg(*local))
+    check_config(compose_cfg(*local, "model.attn_implementation=eager"))
+
+
 # "auto" values DeepSpeed's config keeps until the model is known (transformers fills them from its hidden size).
 MODEL_SIZED = {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"}
 

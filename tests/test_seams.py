@@ -211,6 +211,16 @@ def test_transformers_config_records_the_attention_implementation(tiny_model_dir
         "transformers", f"config._attn_implementation is {resolved!r} for attn_implementation={requested!r}")
 
 
+def test_transformers_model_classes_still_declare_their_attention_support():
+    """seams.supports_attention reads the class flags transformers itself checks before it raises at load."""
+    from transformers import Gemma2ForCausalLM, LlamaForCausalLM
+
+    for cls, attn, expected in [(LlamaForCausalLM, "sdpa", True), (LlamaForCausalLM, "flash_attention_2", True),
+                                (Gemma2ForCausalLM, "sdpa", False), (Gemma2ForCausalLM, "eager", True)]:
+        assert seams.supports_attention(cls, attn) is expected, broken(
+            "transformers", f"{cls.__name__} no longer declares {attn} support as {expected}")
+
+
 def test_accelerate_reset_state_forgets_partial_and_accelerator_state():
     from accelerate.state import AcceleratorState, PartialState
 

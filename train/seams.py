@@ -84,6 +84,18 @@ def attn_implementation(config) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
+# What a model class declares it can run (transformers 5.24, PreTrainedModel): sdpa and flash attention.
+SUPPORT_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn",
+                 "flash_attention_3": "_supports_flash_attn"}
+
+
+def supports_attention(model_class, attn_implementation: str) -> bool:
+    """False when `model_class` declares it cannot run `attn_implementation` (transformers raises a ValueError at
+    load then); True for eager and anything it has no flag for."""
+    flag = SUPPORT_FLAGS.get(attn_implementation)
+    return flag is None or bool(getattr(model_class, flag))
+
+
 def reset_accelerate_state() -> None:
     """Forget accelerate's process state so the next PartialState is built afresh (transformers'
     TrainingArguments does the same internally)."""

@@ -6,9 +6,11 @@ import importlib.util
 from pathlib import Path
 
 import torch
+import transformers
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from train import seams
 from train.core.errors import ConfigError
 from train.data import synthetic
 from train.models.adapters import is_adapter, load_merged
@@ -80,13 +82,27 @@ FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash
 USE_SDPA = "install it where the job runs, or use model.attn_implementation=sdpa"
 
 
-def check_attention(attn_implementation: str | None) -> None:
+def check_attention(model: DictConfig) -> None:
     """At start (also where a job is only submitted, so no GPU is asked for): a flash attention whose package is not
-    installed. transformers would raise it as an ImportError traceback once the weights start loading."""
-    package = FLASH_PACKAGES.get(attn_implementation)
+    installed, or an attention the model's class does not implement (Gemma2 has no sdpa). transformers raises
+    either as a traceback once the weights start loading. The class is known only when the config is on disk."""
+    attn = model.attn_implementation
+    package = FLASH_PACKAGES.get(attn)
     if package and importlib.util.find_spec(package) is None:
-        raise ConfigError(f"model.attn_implementation={attn_implementation} needs the {package} package, which is not "
+        raise ConfigError(f"model.attn_implementation={attn} needs the {package} package, which is not "
                           f"installed; {USE_SDPA}")
+    if model.tiny is not None or attn is None:
+        return
+    try:
+        config = AutoConfig.from_pretrained(model.name_or_path, revision=model.revision, local_files_only=True,
+                                            trust_remote_code=model.trust_remote_code)
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except Exception:  # not on this disk, or remote code: the load says what it must
+        return
+    if not seams.supports_attention(model_class, attn):
+        other = "eager" if attn == "sdpa" else "sdpa"
+        raise ConfigError(f"model.attn_implementation={attn}: {model_class.__name__} does not implement it in "
+                          f"transformers {transformers.__version__}; use model.attn_implementation={other}")
 
 
 def load_model(cfg: DictConfig, path: str):

@@ -22,7 +22,7 @@ def check_config(cfg: DictConfig) -> None:
     data.check_config(cfg)
     judges.check_config(cfg)
     validate(cfg)
-    check_attention(cfg.model.attn_implementation)
+    check_attention(cfg.model)
     layouts.check(cfg)
     recommend.check(cfg.search.metric, cfg.report.kl_budget)
     adapters.check_lora_settings(cfg)
