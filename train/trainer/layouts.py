@@ -32,7 +32,7 @@ DPO_DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's max_length when dpo.args does n
 # Architectures whose forward is checked exact with a 4D mask and explicit position ids (tests/test_layouts.py).
 # Others may add soft-capped logits or a logit scale that the layout path does not apply. A sliding window is
 # handled by layout_model_type below.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 # How each attention implementation is told where a sequence may look. A 4D mask in transformers 5.24: sdpa reads a
 # boolean one (True = attend), eager adds the mask to the scores, so it needs 0 / dtype-min floats (a boolean mask
 # there gave log-probs off by ~0.7, FACTS.md). Flash attention takes no dense mask ("varlen"): with batch size 1 and
@@ -50,6 +50,8 @@ BRANCH_SHARED, BRANCH_CHOSEN, BRANCH_REJECTED = 0, 1, 2
 
 def unsupported_reason(layout: str, model_type: str | None, attn_implementation: str | None) -> str | None:
     """Why `layout` (packed or prefix_shared) cannot run on this model, or None when it can."""
+    if model_type is not None and " with sliding_window " in model_type:
+        return f"{model_type}: the layout's own mask would replace the window (raise the window or use padded)"
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
     kind = MASK_KINDS.get(attn_implementation)
@@ -87,8 +89,8 @@ def layout_model_type(config, max_length: int | None) -> str:
     pass their own 4D mask, which takes the place of the model's sliding-window mask, so they are exact only while
     every sequence fits in the window (Mistral-7B-v0.1: 4096; later Mistrals and Qwen2 by default: no window)."""
     window = getattr(config, "sliding_window", None)
-    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
-        window = None  # Qwen2 keeps sliding_window in its config but applies it only with use_sliding_window
+    if getattr(config, "use_sliding_window", None) is False:
+        window = None  # Qwen2/Qwen3 keep sliding_window in their config but apply it only with use_sliding_window
     if window is not None and (max_length is None or window < max_length):
         return f"{config.model_type} with sliding_window {window} < max_length {max_length}"
     return config.model_type
