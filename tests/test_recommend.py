@@ -109,6 +109,29 @@ def test_report_marks_the_recommended_run_and_lists_what_is_not_plotted(tmp_path
     assert (tmp_path / "reward_vs_kl.png").stat().st_size > 0 and (tmp_path / "margins.png").stat().st_size > 0
 
 
+def test_a_damaged_or_hand_edited_results_file_fails_its_run_not_the_report(tmp_path):
+    from train.report import write_report
+
+    write_run(tmp_path, "beta.value=0.1", row("", 0.1, judge=3.0, kl=1.5)["results"])
+    write_run(tmp_path, "beta.value=0.2", row("", 0.2, judge=2.0, kl=1.0)["results"])
+    truncated = tmp_path / "beta.value=0.2" / "results.json"
+    truncated.write_text(truncated.read_text()[:40])
+    write_run(tmp_path, "beta.value=0.3", row("", 0.3, judge=5.0, kl=0.5)["results"])
+    edited = tmp_path / "beta.value=0.3" / "results.json"
+    results = json.loads(edited.read_text())
+    results.update(beta="abc", beta_schedule="x", runtime_s={"dpo": "y"})
+    results["dpo"].update(history=[{"step": "z"}, 7], held_out="zzz", steps="w")
+    edited.write_text(json.dumps(results))
+    write_run(tmp_path, "beta.value=0.4", None)
+    (tmp_path / "beta.value=0.4" / "results.json").write_text("[1, 2]")
+    recommendation = write_report(tmp_path, kl_budget=None)
+    assert recommendation.point.run == "beta.value=0.3" and recommendation.point.beta is None  # its judge reward
+    report = (tmp_path / "report.md").read_text()
+    assert "- beta.value=0.2: results.json unreadable (JSONDecodeError: " in report
+    assert "- beta.value=0.4: results.json is not a JSON object" in report
+    assert (tmp_path / "margins.png").stat().st_size > 0
+
+
 def test_beta_search_sweeper_searches_beta_on_a_log_scale():
     sweeper = compose(["hydra/sweeper=beta_search"], return_hydra_config=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"

@@ -48,6 +48,13 @@ def value_at(results: dict, path: str) -> Optional[float]:
     return float(node) if ok else None
 
 
+def beta_rule(results: dict) -> str:
+    """beta.schedule of a run (constant, linear, cosine, adaptive); constant where results.json does not say."""
+    schedule = results.get("beta_schedule")
+    rule = schedule.get("schedule") if isinstance(schedule, dict) else None
+    return rule if isinstance(rule, str) else "constant"
+
+
 def ranking_metric(rows: list[dict]) -> str:
     """The judge reward if any finished run was judged, else held-out accuracy (data without a judge)."""
     judged = any(value_at(r["results"], JUDGE_REWARD) is not None for r in rows if r["status"] == "ok")
@@ -93,7 +100,7 @@ def scored(rows: list[dict], metric: str) -> tuple[list[Point], list[tuple[str, 
             missing.append((row["run"], f"no {LABELS[metric]} in results.json"))
         else:
             points.append(Point(row["run"], value_at(row["results"], "beta"), value, value_at(row["results"], KL),
-                                (row["results"].get("beta_schedule") or {}).get("schedule", "constant")))
+                                beta_rule(row["results"])))
     return points, missing
 
 

@@ -10,13 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from train.pipeline.recommend import JUDGE_REWARD, LABELS, Point, Recommendation, pareto_front  # noqa: E402
+from train.pipeline.recommend import (  # noqa: E402
+    JUDGE_REWARD, LABELS, Point, Recommendation, beta_rule, pareto_front, value_at)
 
 
 def run_label(results: dict) -> str:
     """β=0.1, or β=0.1 (cosine) for a run whose beta follows a schedule (beta is then its value at step 0)."""
-    schedule = (results.get("beta_schedule") or {}).get("schedule", "constant")
-    beta = results.get("beta")
+    schedule, beta = beta_rule(results), value_at(results, "beta")
     text = "β=?" if beta is None else f"β={beta:.3g}"
     return text if schedule == "constant" else f"{text} ({schedule})"
 
@@ -63,15 +63,21 @@ def plot_margins(ok_results: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, results in enumerate(ok_results):
         color, label = f"C{i % 10}", run_label(results)
-        history = [e for e in results["dpo"].get("history", []) if (e.get("beta") or results.get("beta"))]
-        steps = [e["step"] for e in history]
-        left.plot(steps, [e["rewards/margins"] / (e.get("beta") or results["beta"]) for e in history], color=color,
-                  label=label)
-        accuracy = [(e["step"], e["rewards/accuracies"]) for e in history if "rewards/accuracies" in e]
+        # Entries with a step, a margin and a beta (the step's, else the run's): a hand-edited or damaged history
+        # loses its odd entries, not the plot.
+        history = results["dpo"].get("history")
+        history = [e for e in (history if isinstance(history, list) else [])
+                   if isinstance(e, dict) and None not in (value_at(e, "step"), value_at(e, "rewards/margins"))
+                   and (value_at(e, "beta") or value_at(results, "beta"))]
+        steps = [value_at(e, "step") for e in history]
+        left.plot(steps, [value_at(e, "rewards/margins") / (value_at(e, "beta") or value_at(results, "beta"))
+                          for e in history], color=color, label=label)
+        accuracy = [(value_at(e, "step"), value_at(e, "rewards/accuracies")) for e in history
+                    if value_at(e, "rewards/accuracies") is not None]
         right.plot([s for s, _ in accuracy], [a for _, a in accuracy], color=color, label=label)
-        held_out = results["dpo"].get("held_out", {}).get("rewards/accuracies")
+        held_out = value_at(results, "dpo.held_out.rewards/accuracies")
         if held_out is not None and steps:
-            right.scatter([results["dpo"].get("steps") or steps[-1]], [held_out], marker="D", color=color, zorder=3)
+            right.scatter([value_at(results, "dpo.steps") or steps[-1]], [held_out], marker="D", color=color, zorder=3)
     left.set(xlabel="step", ylabel="log-ratio margin = rewards/margins / β",
              title="Implicit log-ratio margin (comparable across β)")
     right.set(xlabel="step", ylabel="implicit-reward accuracy", title="Train accuracy; ◆ held-out at the end")

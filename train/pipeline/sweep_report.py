@@ -13,12 +13,12 @@ Runs whose directory has no finished results.json are listed as failed, not left
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any, Optional
 
-from train.core.files import read_json
 from train.core.trees import flatten as flatten_tree
-from train.pipeline.recommend import LABELS, Recommendation, ranking_metric, recommend, scored
+from train.pipeline.recommend import LABELS, Recommendation, ranking_metric, recommend, scored, value_at
 from train.pipeline.sweep_plots import plot_margins, plot_reward_vs_kl
 
 TABLE = [  # (column, results.json path)
@@ -45,24 +45,40 @@ def flatten(tree: Any) -> dict[str, Any]:
     return flatten_tree(tree, ".")
 
 
+def read_object(path: Path) -> tuple[dict, Optional[str]]:
+    """A run's JSON file as a dict, and what is wrong with it (unreadable, not JSON, not an object): a damaged
+    file marks its run failed in the report instead of ending the report."""
+    if not path.exists():
+        return {}, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return {}, f"{path.name} unreadable ({type(err).__name__}: {str(err)[:80]})"
+    return (data, None) if isinstance(data, dict) else ({}, f"{path.name} is not a JSON object")
+
+
 def load_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every run directory of the sweep (a subdirectory holding config.yaml, results or a job status)."""
     runs = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not any((run_dir / f).exists() for f in ("config.yaml", "results.json", "job_status.json")):
             continue
-        results = read_json(run_dir / "results.json", {})
-        status = read_json(run_dir / "job_status.json", {})
-        ok = bool(results.get("dpo", {}).get("train")) and status.get("status", "COMPLETED") == "COMPLETED"
-        if results:
-            results["runtime_total_s"] = round(sum(results.get("runtime_s", {}).values()), 2)
+        results, damaged = read_object(run_dir / "results.json")
+        status, status_damaged = read_object(run_dir / "job_status.json")
+        dpo = results.get("dpo")
+        ok = (isinstance(dpo, dict) and bool(dpo.get("train")) and status.get("status", "COMPLETED") == "COMPLETED"
+              and not status_damaged)
+        runtimes = results.get("runtime_s")
+        if isinstance(runtimes, dict):
+            results["runtime_total_s"] = round(sum(v for v in runtimes.values() if value_at({"v": v}, "v") is not None), 2)
         runs.append({
             "run": run_dir.name,
             "status": "ok" if ok else "failed",
-            "error": status.get("error") or (None if ok else "no finished results.json"),
+            "error": damaged or status_damaged or status.get("error") or (None if ok else "no finished results.json"),
             "results": results,
         })
-    return sorted(runs, key=lambda r: (r["results"].get("beta") is None, r["results"].get("beta") or 0, r["run"]))
+    return sorted(runs, key=lambda r: (value_at(r["results"], "beta") is None, value_at(r["results"], "beta") or 0,
+                                       r["run"]))
 
 
 def is_recommended(run: dict, recommendation: Recommendation) -> bool:
