@@ -22,7 +22,7 @@ from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import synthetic
 from train.models import judges
-from train.models.sampling import render_prompts, sample_prompts, shard_bounds, win_rate
+from train.models.sampling import render_prompts, sample, sample_prompts, sequence_logps, shard_bounds, win_rate
 from train.models.tiny import build_tokenizer
 from train.pipeline.checks import check_config
 from train.pipeline.results import final_metrics
@@ -133,6 +133,26 @@ def test_a_prompt_samples_the_same_text_alone_in_a_batch_or_on_another_rank():
     together = draw([0, 1, 2, 3, 4], 5)
     assert draw([0, 1, 2, 3, 4], 2) == together == draw([0, 1], 5) + draw([2, 3, 4], 5)
     assert len(set(together)) > 1 and draw([0, 1, 2, 3, 4], 5, seed=1) != together
+
+
+def test_completion_logps_from_the_kept_logits_equal_the_full_forward():
+    """sequence_logps runs the LM head at the completion positions only (logits_to_keep); the sums equal a
+    log-softmax over the whole forward's logits."""
+    tokenizer = build_tokenizer(synthetic.corpus(0), 300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    rng = random.Random(1)
+    texts = render_prompts(tokenizer, [[{"role": "user", "content": synthetic.make_prompt(rng)}] for _ in range(4)], True)
+    ids, attention, mask, _ = sample(model, tokenizer, texts, 8, 1.0, [1, 2, 3, 4])
+    mask[0, 3:] = False  # as if the first completion had ended at its third token
+    got = sequence_logps(model, ids, attention, mask)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention,
+                       position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits.float()
+    full = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)[:, -mask.shape[1]:]
+    torch.testing.assert_close(got, (full * mask).sum(1), rtol=1e-6, atol=1e-5)
 
 
 def test_the_data_group_picks_the_default_judge_and_the_command_line_wins():

@@ -4,6 +4,7 @@ order, so 1 and N processes report the same samples and metrics (train/models/sa
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from datetime import timedelta
@@ -20,7 +21,8 @@ from train.core.ranks import is_main_process, world_size
 from train.data import PreferenceData
 from train.models import judges
 from train.models.loading import load_model, load_tokenizer
-from train.models.sampling import eval_metrics, judge_records, render_prompts, sample_prompts, shard_bounds, win_rate
+from train.models.sampling import (eval_metrics, judge_records, render_prompts, sample_policy, sample_reference,
+                                   shard_bounds, win_rate)
 from train.pipeline.plan import eval_banner
 from train.pipeline.results import EvalResult
 from train.runtime.distributed import gather_rank_figures, is_distributed, setup_process_group
@@ -76,13 +78,28 @@ def join_process_group(cfg: DictConfig) -> tuple[int, int, torch.device]:
 
 def sample_share(cfg: DictConfig, policy_path: Path, reference_path: Path, prompts: list, indices: list[int],
                  device: torch.device) -> list[dict]:
-    """This rank's prompts sampled from policy and reference (both whole, on `device`, freed on return)."""
+    """This rank's prompts sampled from policy and reference, one model in memory at a time: the policy samples and
+    scores its own samples, is freed, then the reference scores them and samples. A GPU holds one whole model for
+    evaluation, not two (an 8B pair in bf16: 16 GB, not 32)."""
     tokenizer = load_tokenizer(cfg, str(policy_path))
-    policy = load_model(cfg, str(policy_path)).to(device).eval()
-    reference = load_model(cfg, str(reference_path)).to(device).eval()
     texts = render_prompts(tokenizer, prompts, cfg.data.conversational)
-    return sample_prompts(policy, reference, tokenizer, texts, indices, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                          cfg.eval.batch_size, cfg.seed, progress=is_main_process())
+    args = (cfg.eval.max_new_tokens, cfg.eval.temperature)
+    policy = load_model(cfg, str(policy_path)).to(device).eval()
+    batches = sample_policy(policy, tokenizer, texts, indices, *args, cfg.eval.batch_size, cfg.seed,
+                            progress=is_main_process())
+    free(policy)
+    reference = load_model(cfg, str(reference_path)).to(device).eval()
+    records = sample_reference(reference, tokenizer, batches, *args, progress=is_main_process())
+    free(reference)
+    return records
+
+
+def free(model) -> None:
+    """Drops the last reference to an evaluation model and returns its GPU memory to the device."""
+    model.to("meta")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def judge_pairs(judge, data: PreferenceData, rank: int, world: int) -> list[tuple[float, float]]:
