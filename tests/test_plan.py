@@ -145,7 +145,8 @@ def plan_json(capsys, *argv) -> dict:
 
 def test_llama3_8b_on_8x80gb_recommends_a_fit_and_refuses_zero0_with_a_model_reference(capsys):
     out = plan_json(capsys, "model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "gpu_memory_gb=80")
-    assert set(out) == {"given", "recommended", "candidates"}
+    assert set(out) == {"given", "recommended", "candidates", "eval"}
+    assert out["eval"]["fits"] and out["eval"]["per_gpu_gb"] > 15  # one whole 8B model per GPU at evaluation
     for entry in [out["given"], out["recommended"], *out["candidates"]]:
         assert set(entry) == {"overrides", "fits", "per_gpu_gb"}
         assert set(entry["per_gpu_gb"]) == {"params", "grads", "optimizer", "reference", "activations", "logits",
@@ -177,3 +178,19 @@ def test_launch_check_names_the_overrides_that_fit_and_does_nothing_without_a_gp
     assert problem and "\n" not in problem and "deepspeed=" in problem and "plan.check=false" in problem
     assert memory_problem(compose(["model=tiny"]), gpus_per_node=1, nodes=1, memory_gb=80) is None
     check_memory_plan(cfg)  # no GPU here: nothing to check, no error
+
+
+def test_evaluation_memory_is_planned_and_a_gpu_it_cannot_fit_stops_the_launch():
+    """Evaluation holds one whole model per GPU (ZeRO does not shard it): 8B in bf16 is 15 GiB of weights alone."""
+    from train.models.memory_candidates import eval_memory
+    from train.pipeline.memory_check import eval_problem
+
+    cfg = compose(["model=llama3_8b", "recipe=real_model"])
+    planned = eval_memory(cfg, 80)
+    assert planned["fits"] and 16 < planned["per_gpu_gb"] < 40  # weights 15.0 + KV cache + logits + context
+    problem = eval_problem(cfg, 16)
+    assert problem and "\n" not in problem and "eval.batch_size" in problem and "eval.enabled=false" in problem
+    smaller = eval_memory(compose(["model=llama3_8b", "recipe=real_model", "eval.batch_size=1"]), 80)
+    assert smaller["per_gpu_gb"] < planned["per_gpu_gb"]
+    assert eval_memory(compose(["model=llama3_8b", "eval.enabled=false"]), 80) is None
+

@@ -20,7 +20,7 @@ from train.config.compose import compose
 from train.core.cli import fail
 from train.core.errors import ConfigError
 from train.models.architecture import from_model_config
-from train.models.memory_candidates import Candidate, candidates, evaluate, recommend, setting_from_config
+from train.models.memory_candidates import Candidate, candidates, eval_memory, evaluate, recommend, setting_from_config
 from train.runtime.console import quiet_libraries
 
 OWN_KEYS = {"gpus_per_node": int, "nodes": int, "gpu_memory_gb": float}
@@ -79,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         print("recommended: nothing fits; more GPUs, a shorter dpo.args.max_length or a smaller model")
     else:
         print(f"recommended: python -m train {' '.join(best.overrides)}")
+    evaluation = eval_memory(cfg, own["gpu_memory_gb"])
+    if evaluation is not None:
+        verdict = "fits" if evaluation["fits"] else (
+            f"does NOT fit in {own['gpu_memory_gb']:g} GB: lower eval.batch_size, or eval.enabled=false and stage=eval "
+            "on larger GPUs")
+        print(f"evaluation: {evaluation['per_gpu_gb']:.1f} GB per GPU (one whole model at a time, generate()'s cache "
+              f"for eval.batch_size={cfg.eval.batch_size}): {verdict}")
     print(json.dumps({"given": given.as_json(), "recommended": best.as_json() if best else None,
-                      "candidates": [c.as_json() for c in found]}))
+                      "candidates": [c.as_json() for c in found], "eval": evaluation}))
     return 0
 
 

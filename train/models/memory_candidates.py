@@ -22,8 +22,8 @@ import itertools
 
 from omegaconf import DictConfig
 
-from train.models.architecture import Architecture
-from train.models.memory_plan import GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, plan
+from train.models.architecture import Architecture, from_model_config
+from train.models.memory_plan import GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes, plan
 
 REFERENCES = ("precomputed", "model", "lora")
 ZERO_COST = {"none": 1.0, "zero1": 1.0, "zero2": 1.05, "zero3": 1.15, "zero3_offload": 2.0}
@@ -129,3 +129,14 @@ def recommend(found: list[Candidate]) -> Candidate | None:
     if not pool:
         return None
     return min(pool, key=lambda c: (c.cost, ZERO_STAGE[c.setting.zero], c.memory.total))
+
+
+def eval_memory(cfg: DictConfig, memory_gb: float) -> dict | None:
+    """Evaluation's bytes per GPU against `memory_gb` ({"per_gpu_gb", "fits"}); None when evaluation is off."""
+    if not cfg.eval.enabled:
+        return None
+    arch = from_model_config(cfg.model)
+    tokens = int(cfg.dpo.args.get("max_length", TRL_DEFAULTS["max_length"])) + int(cfg.eval.max_new_tokens)
+    needed = eval_bytes(arch, WEIGHT_BYTES.get(cfg.model.dtype, 2), int(cfg.eval.batch_size), tokens,
+                        int(cfg.eval.max_new_tokens))
+    return {"per_gpu_gb": round(needed / GIB, 2), "fits": needed <= memory_gb * GIB}

@@ -208,3 +208,15 @@ def buffer_bytes(arch: Architecture, s: Setting) -> int:
     elif stage == 3:
         total += 2 * (d2 + int(0.9 * d2))
     return total
+
+
+def eval_bytes(arch: Architecture, weight_bytes: int, batch_size: int, tokens: int, new_tokens: int) -> int:
+    """Evaluation after DPO (train/pipeline/evaluate.py), per GPU: one whole model at a time (policy, then
+    reference) in the model dtype; generate()'s KV cache for `batch_size` prompts of up to `tokens` tokens; the
+    completions' fp32 logits and log-softmax when scoring ([batch, new_tokens + 1, vocab] each, logits_to_keep);
+    the CUDA context. ZeRO does not shard it: every rank samples its share of the prompts with a whole model."""
+    weights = weight_bytes * arch.num_parameters
+    kv_per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * weight_bytes
+    kv_cache = kv_per_token * batch_size * tokens
+    logits = 2 * 4 * batch_size * (new_tokens + 1) * arch.vocab_size
+    return weights + kv_cache + logits + CUDA_FIXED_BYTES

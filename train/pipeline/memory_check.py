@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from train.core.errors import ConfigError
 from train.core.ranks import world_size
 from train.models.architecture import from_model_config
-from train.models.memory_candidates import candidates, evaluate, recommend, setting_from_config
+from train.models.memory_candidates import candidates, eval_memory, evaluate, recommend, setting_from_config
 from train.models.memory_plan import GIB
 
 
@@ -22,9 +22,19 @@ def check_memory_plan(cfg: DictConfig) -> None:
     gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
     nodes = max(1, world_size() // gpus_per_node)
     memory_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
-    problem = memory_problem(cfg, gpus_per_node, nodes, memory_gb)
+    problem = memory_problem(cfg, gpus_per_node, nodes, memory_gb) or eval_problem(cfg, memory_gb)
     if problem:
         raise ConfigError(problem)
+
+
+def eval_problem(cfg: DictConfig, memory_gb: float) -> str | None:
+    """None when evaluation fits one GPU (or is off); else the one line to stop with, before hours of training."""
+    planned = eval_memory(cfg, memory_gb)
+    if planned is None or planned["fits"]:
+        return None
+    return (f"evaluation after DPO holds one whole model per GPU: {planned['per_gpu_gb']:.1f} GB with "
+            f"eval.batch_size={cfg.eval.batch_size}, {memory_gb:.1f} GB here: lower eval.batch_size, or set "
+            f"eval.enabled=false and run stage=eval on larger GPUs (plan.check=false starts anyway)")
 
 
 def memory_problem(cfg: DictConfig, gpus_per_node: int, nodes: int, memory_gb: float) -> str | None:
