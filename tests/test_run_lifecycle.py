@@ -22,6 +22,13 @@ def test_a_finished_run_says_so_and_keeps_its_results(tmp_path):
     again = run_train(*SMALL, output_root=tmp_path)
     assert f"finished: {path.parent} is a finished run" in again.stdout and "resume.enabled=false" in again.stdout
     assert path.read_bytes() == before and results_path(again) == path  # untouched, and still named
+    path.write_bytes(before[:100])  # cut short (a full disk, a copy interrupted): one line, the file kept as it is
+    damaged = run_train(*SMALL, output_root=tmp_path, check=False)
+    errors = [line for line in damaged.stderr.splitlines() if line.startswith("error:")]
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr, damaged.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path} is damaged (") and \
+        errors[0].endswith("): restore it or move it away")
+    assert path.read_bytes() == before[:100]
     fresh = run_train(*SMALL, "resume.enabled=false", output_root=tmp_path)  # starting over is explicit
     assert "finished:" not in fresh.stdout and read_results(fresh)["dpo"]["steps"] == 3
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from train.core.errors import ConfigError
 from train.core.locks import claim_path, unheld
 from train.core.ranks import is_main_process
 
@@ -43,8 +44,18 @@ def write_json(path: Path, data: Any, indent: int | None = 2) -> Path:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The file's JSON, `default` when there is no file. A file that is not JSON (cut short, edited, not text) is
+    ConfigError naming it, not a JSONDecodeError traceback."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else default
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        what = "not text"
+        if isinstance(err, json.JSONDecodeError):
+            what = f"{err.msg} at line {err.lineno} column {err.colno}"
+        raise ConfigError(f"{path} is damaged ({what}): restore it or move it away") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:

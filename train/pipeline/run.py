@@ -33,6 +33,9 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank (issue 12)
     if not cfg.dry_run and finished(cfg, run_dir):
         done = read_json(run_dir / "results.json")
+        if not isinstance(done, dict):
+            raise ConfigError(f"{run_dir} is marked finished but has no results.json: train it again with "
+                              "resume.enabled=false")
         print_summary(done, run_dir)
         return done
     print_settings(cfg, run_dir)
