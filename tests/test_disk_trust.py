@@ -192,7 +192,7 @@ def test_a_moved_output_root_finds_its_sft_model(tmp_path):
 @pytest.mark.slow
 def test_a_reference_cache_entry_changed_in_place_is_recomputed(tmp_path):
     """The next run of a sweep (another beta) finds the entry's log-probs changed in place: it says so,
-    recomputes, and trains exactly as a run that never saw the changed file."""
+    recomputes, and trains exactly as a run that never saw the changed file (or the damaged JSON files)."""
     root = tmp_path / "sweep"
     run_train(*FAST, output_root=root)
     (train_entry,) = [root / "ref_cache" / f"{m.stem}.arrow" for m in (root / "ref_cache").glob("*.json")
@@ -200,6 +200,13 @@ def test_a_reference_cache_entry_changed_in_place_is_recomputed(tmp_path):
     original = logps(train_entry)
     change_logps_in_place(train_entry)
     assert logps(train_entry) != original
+    # Derived JSON files cut short on the way (a full disk, a copy interrupted) are rebuilt, not a traceback: the
+    # tiny model's build marker, the prepared data's report, the memo of the weights' hash.
+    damaged = [root / "models" / "tiny-llama" / "tiny_spec.json", *root.glob("data/prepared/*/report.json"),
+               *(root / "ref_cache").glob("weights-*.json")]
+    assert len(damaged) == 3
+    for path in damaged:
+        path.write_text(path.read_text()[:10])
     rerun = run_train(*FAST, "beta.value=0.3", output_root=root)
     assert f"reference log-probs: {train_entry} fails its checksum; recomputing" in rerun.stdout
     assert "reference log-probs: computed train" in rerun.stdout

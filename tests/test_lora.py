@@ -116,6 +116,12 @@ def test_an_adapter_whose_base_is_gone_is_one_line(tmp_path):
     (tmp_path / ADAPTER_CONFIG).write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
     with pytest.raises(ConfigError, match=r"^LoRA adapter .*: its base model .*gone is gone \(moved or deleted\?\)"):
         base_model_of(tmp_path)
+    (tmp_path / ADAPTER_CONFIG).write_text('{"base_model_name_or_pa')  # cut short
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / ADAPTER_CONFIG} is damaged \(.*\): restore it"):
+        base_model_of(tmp_path)
+    (tmp_path / ADAPTER_CONFIG).write_text('{"r": 8}')  # edited: no base
+    with pytest.raises(ConfigError, match=r"adapter_config.json names no base model"):
+        base_model_of(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from trl import DPOConfig, SFTConfig
 
 from train.core.errors import ConfigError
-from train.core.files import remove_orphans, sha256_file, write_jsonl
+from train.core.files import read_json, remove_orphans, sha256_file, write_jsonl
 from train.core.ranks import is_main_process
 from train.data import synthetic
 from train.data.build import build
@@ -168,7 +168,7 @@ def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
     report_path = directory / "report.json"
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{directory}.lock"):
-        if not report_path.exists():
+        if not readable_report(report_path):  # absent, or damaged (then converted again)
             try:
                 rows, report = build(cfg, source, opts, read_native(cfg), tokenizer, lengths)
             except UnicodeDecodeError as err:  # datasets decodes text columns lazily, row by row
@@ -178,7 +178,14 @@ def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
             for split in SPLITS:
                 write_jsonl(Path(files[split]), rows[split])
             write_jsonl(report_path, [report])
-    return files, json.loads(report_path.read_text())
+    return files, read_json(report_path)
+
+
+def readable_report(path: Path) -> bool:
+    try:
+        return isinstance(read_json(path), dict)
+    except ConfigError:
+        return False
 
 
 def read_split(path: str, split: str):

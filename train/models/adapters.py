@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from train.core.errors import ConfigError
+from train.core.files import read_json
 from train.core.paths import looks_like_local_path
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -89,7 +90,7 @@ def is_adapter(path: str | Path) -> bool:
 def pin_base_model(adapter_dir: Path, base: str, revision: str | None) -> None:
     """adapter_config.json names its base by absolute path (a hub id stays, with its revision)."""
     config_path = Path(adapter_dir) / ADAPTER_CONFIG
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
     if Path(base).expanduser().is_dir():
         config["base_model_name_or_path"] = str(Path(base).expanduser().resolve())
     else:
@@ -99,8 +100,11 @@ def pin_base_model(adapter_dir: Path, base: str, revision: str | None) -> None:
 
 def base_model_of(adapter_dir: str | Path) -> tuple[str, str | None]:
     """(base path or hub id, revision) from adapter_config.json; a local base that is gone is one line."""
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
-    base = config["base_model_name_or_path"]
+    config = read_json(Path(adapter_dir) / ADAPTER_CONFIG)
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str):
+        raise ConfigError(f"LoRA adapter {adapter_dir}: {ADAPTER_CONFIG} names no base model "
+                          "(base_model_name_or_path); restore the file")
     if looks_like_local_path(base) and not Path(base).expanduser().is_dir():
         raise ConfigError(f"LoRA adapter {adapter_dir}: its base model {base} is gone (moved or deleted?); put it "
                           f"back, or set base_model_name_or_path in {Path(adapter_dir) / ADAPTER_CONFIG} "

@@ -16,6 +16,8 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from train.core.errors import ConfigError
+from train.core.files import read_json
 from train.core.ranks import is_main_process
 
 # A chat template in the style of ChatML: the end-of-turn token doubles as EOS, so generation stops
@@ -57,15 +59,23 @@ def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Pat
     # Only rank 0 can: once torch.distributed is up, save_pretrained silently skips non-zero ranks.
     if not is_main_process():
         deadline = time.monotonic() + 600
-        while not (marker.exists() and json.loads(marker.read_text()) == wanted):
+        while not built(marker, wanted):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rank 0 did not build the tiny model at {path} within 600 s")
             time.sleep(0.5)
         return path
     with FileLock(f"{path}.lock"):
-        if marker.exists() and json.loads(marker.read_text()) == wanted:
+        if built(marker, wanted):
             return path
         return _build(path, spec, texts, seed, marker)
+
+
+def built(marker: Path, wanted: dict) -> bool:
+    """The model at the marker's directory was built from `wanted`; a damaged marker means build it again."""
+    try:
+        return read_json(marker) == wanted
+    except ConfigError:
+        return False
 
 
 def _build(path: Path, spec: dict, texts: list[str], seed: int, marker: Path) -> Path:

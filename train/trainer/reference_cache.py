@@ -43,7 +43,8 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import snapshot_download
 
 from train import seams
-from train.core.files import atomic_write_text, remove_orphans, sha256_file
+from train.core.errors import ConfigError
+from train.core.files import atomic_write_text, read_json, remove_orphans, sha256_file
 
 FORMAT = 1
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -75,10 +76,12 @@ def weights_fingerprint(model_dir: Path, memo_dir: Path) -> str:
         raise FileNotFoundError(f"no weight files in {model_dir}")
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     memo = memo_dir / f"weights-{hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]}.json"
-    if memo.exists():
-        saved = json.loads(memo.read_text())
-        if saved.get("stamp") == stamp:
-            return saved["sha256"]
+    try:
+        saved = read_json(memo)
+    except ConfigError:  # a damaged memo is no memo: the weights are hashed again
+        saved = None
+    if isinstance(saved, dict) and saved.get("stamp") == stamp and isinstance(saved.get("sha256"), str):
+        return saved["sha256"]
     h = hashlib.sha256()
     for path in files:
         h.update(path.name.encode())
