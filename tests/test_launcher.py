@@ -1,5 +1,5 @@
 """accelerate configs that set DeepSpeed, FSDP or mixed precision (TRL ships such ones) are refused at start,
-in one line that says what to launch with instead (issue 13)."""
+in one line that says what to launch with instead (issue 13); so is a MULTI_CPU config that would start one process."""
 
 import os
 import subprocess
@@ -26,6 +26,23 @@ def test_launcher_settings_are_refused_in_one_line(env, expected, tmp_path):
     assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     assert "launch/accelerate/single_node.yaml" in errors[0] and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multi_cpu_accelerate_config_that_would_start_one_process_is_refused(tmp_path):
+    """distributed_type MULTI_CPU / use_cpu with num_processes 2: accelerate's simple launcher starts one process
+    (no mpirun) and the run would silently train on one."""
+    config = tmp_path / "multi_cpu.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nmixed_precision: 'no'\n"
+                      "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "out"
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(config), "--main_process_port",
+                           str(free_port()), "-m", "train", "debug=fast", f"output_root={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-3000:]
+    assert "asks for several CPU processes" in errors[0] and "launch/accelerate/single_node.yaml" in errors[0]
+    assert not out.exists()
 
 
 def test_trls_zero3_accelerate_config_stops_before_anything_runs(tmp_path):

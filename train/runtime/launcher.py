@@ -20,6 +20,13 @@ def check_launcher_settings() -> None:
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise ConfigError(f"the accelerate config sets distributed_type FSDP, which this project does not run; {OURS} "
                           "and shard with the deepspeed group (deepspeed=zero3)")
+    # accelerate's MULTI_CPU / use_cpu configs start one process without mpirun (its simple launcher), setting
+    # MASTER_ADDR because num_processes > 1 but no WORLD_SIZE: N processes were asked for and one would run.
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ \
+            and "WORLD_SIZE" not in os.environ:
+        raise ConfigError(f"the accelerate config asks for several CPU processes (distributed_type MULTI_CPU or "
+                          f"use_cpu), which accelerate starts as one process without mpirun; {OURS} and "
+                          f"--num_processes N (gloo on a CPU), or make train NPROC=N")
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if precision not in ("no", ""):
         raise ConfigError(f"the accelerate config sets mixed_precision {precision}: here precision comes from the trainer "
