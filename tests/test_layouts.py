@@ -317,7 +317,7 @@ def logged_steps(trainer) -> list[dict]:
 def test_steps_log_the_same_losses_and_metrics_as_padded(tiny_dir, tmp_path, reference, steps, monkeypatch):
     padded = build_trainer(tiny_dir, tmp_path, "padded", reference, max_steps=steps)
     built = []  # the layout path really runs (a forward that bypassed it would match padded trivially)
-    monkeypatch.setattr(layouts, "build", lambda *a, build=layouts.build: built.append(a[0]) or build(*a))
+    monkeypatch.setattr(layouts, "build", lambda *a, build=layouts.build, **k: built.append(a[0]) or build(*a, **k))
     shared = build_trainer(tiny_dir, tmp_path, "prefix_shared", reference, max_steps=steps)
     if reference == "precomputed":  # the numbers do not change, so neither does the cache key: one entry serves both
         data = padded.train_dataset
