@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_run, REPO, read_results, run_train
+from conftest import REPO, assert_same_run, read_results, run_train
 
 try:
     from tests.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same_run, REPO, read_results, run_train
+from conftest import REPO, assert_same_run, read_results, run_train
 from train.core.manifest import MANIFEST, manifest_problem, write_manifest
 from train.runtime.safe_load import FORCE, FORCE_OFF, enforce_weights_only, pickled_files, unsafe_globals
 
