@@ -221,6 +221,25 @@ def test_transformers_model_classes_still_declare_their_attention_support():
             "transformers", f"{cls.__name__} no longer declares {attn} support as {expected}")
 
 
+def test_wandb_run_is_a_module_global_and_an_offline_run_hides_inside_the_model_card():
+    import types
+
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    assert "run" in vars(wandb) and isinstance(inspect.getattr_static(Run, "offline"), property), broken(
+        "wandb", "wandb.run is no longer a module global, or Run.offline no longer a property")
+    before = wandb.run
+    try:
+        for offline, hidden in ((True, True), (False, False)):
+            wandb.run = run = types.SimpleNamespace(offline=offline)
+            with seams.offline_wandb_run_hidden():
+                assert (wandb.run is None) is hidden
+            assert wandb.run is run
+    finally:
+        wandb.run = before
+
+
 def test_accelerate_reset_state_forgets_partial_and_accelerator_state():
     from accelerate.state import AcceleratorState, PartialState
 

@@ -3,7 +3,7 @@
 TRL, datasets, accelerate, transformers and Hydra offer no public API for these; each use says why it is
 needed. tests/test_seams.py holds one canary per attribute against the installed versions, so an
 upgrade that renames or drops one fails there in seconds, not in a 20-minute pipeline test.
-Versions checked: trl 1.16.0, datasets 5.2.0, accelerate 1.15.0, transformers 5.24.0, hydra-core 1.3.8.
+Versions checked: trl 1.16.0, datasets 5.2.0, accelerate 1.15.0, transformers 5.24.0, hydra-core 1.3.8, wandb 0.31.0.
 """
 
 from __future__ import annotations
@@ -125,3 +125,24 @@ def memory_tracker():
 def job_error(job_return) -> Any:
     """The exception a failed Hydra job raised (`JobReturn.return_value` re-raises it instead)."""
     return job_return._return_value
+
+
+# --- wandb -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def offline_wandb_run_hidden() -> Iterator[None]:
+    """`wandb.run` (a plain module global in wandb 0.31) reads as None inside while the run is offline. TRL's
+    create_model_card, at every checkpoint save, puts `wandb.run.url` in the card; an offline run answers with
+    "wandb: WARNING URL not available in offline run" on the console each time (5 lines in `make train`)."""
+    import wandb  # deferred: seconds to import
+
+    run = wandb.run
+    if run is None or not run.offline:
+        yield
+        return
+    wandb.run = None
+    try:
+        yield
+    finally:
+        wandb.run = run

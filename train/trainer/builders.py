@@ -29,6 +29,7 @@ def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=data.sft, processing_class=tokenizer,
                          peft_config=peft_config)
     ConsoleLogCallback.attach(trainer, "sft")  # a line of numbers per logging step, not a dict of strings
+    quiet_model_card(trainer)
     return trainer
 
 
@@ -49,7 +50,20 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
         batching=cfg.dpo.batching,
     )
     ConsoleLogCallback.attach(trainer, "dpo")
+    quiet_model_card(trainer)
     return trainer
+
+
+def quiet_model_card(trainer) -> None:
+    """TRL writes a model card at every checkpoint save and asks W&B for the run's URL, which an offline run does
+    not have (a warning line each time): the card is written as before, without the URL."""
+    create_model_card = trainer.create_model_card
+
+    def quiet(*args, **kwargs):
+        with seams.offline_wandb_run_hidden():
+            return create_model_card(*args, **kwargs)
+
+    trainer.create_model_card = quiet
 
 
 def reference_forward(cfg: DictConfig) -> bool:
