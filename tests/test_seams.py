@@ -240,6 +240,19 @@ def test_wandb_run_is_a_module_global_and_an_offline_run_hides_inside_the_model_
         wandb.run = before
 
 
+def test_tqdm_keeps_its_open_bars_and_closing_them_ends_the_line(capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=4, file=sys.stderr, desc="pass")
+    bar.update(1)
+    assert bar in getattr(tqdm, "_instances", ()), broken("tqdm", "open bars are no longer in tqdm._instances")
+    seams.close_progress_bars()
+    print("error: next", file=sys.stderr)
+    assert "error: next" in capsys.readouterr().err.splitlines()  # on a line of its own, not after the bar
+
+
 def test_accelerate_reset_state_forgets_partial_and_accelerator_state():
     from accelerate.state import AcceleratorState, PartialState
 

@@ -46,6 +46,7 @@ def hydra_main(cfg: DictConfig) -> dict | float | None:
     try:
         results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
     except (ConfigError, TrainingAborted) as err:
+        close_progress_bars()  # the error line starts a line of its own
         fail(str(err))
     except Preempted as stop:
         print(f"stopped: {stop}", flush=True)
@@ -55,6 +56,7 @@ def hydra_main(cfg: DictConfig) -> dict | float | None:
         problem = storage_problem(err, Path(cfg.output_root))
         if problem is None:
             raise
+        close_progress_bars()
         fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
     if not cfg.dry_run and (run_dir / "results.json").exists():
         print(f"results: {run_dir / 'results.json'}", flush=True)
@@ -71,6 +73,12 @@ def job_return(cfg: DictConfig, hydra_cfg, results: dict | None) -> dict | float
     value = objective(results or {}, cfg.search.metric)
     print(f"search: {cfg.search.metric} = {value:.4g}", flush=True)
     return value
+
+
+def close_progress_bars() -> None:
+    from train import seams  # deferred: see main()
+
+    seams.close_progress_bars()
 
 
 def precheck(argv: list[str]) -> None:

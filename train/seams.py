@@ -146,3 +146,16 @@ def offline_wandb_run_hidden() -> Iterator[None]:
         yield
     finally:
         wandb.run = run
+
+
+# --- tqdm ------------------------------------------------------------------------------------------
+
+
+def close_progress_bars() -> None:
+    """Closes the tqdm bars an exception left open (TRL's reference pass, the trainer's bar). tqdm draws a bar as
+    "\r<bar>" with no newline, so the `error:` line printed next continued the bar's line (seen in CI: a full disk
+    during the reference pass). Closing ends each bar's line. tqdm keeps its open bars in `tqdm._instances`."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
