@@ -32,6 +32,7 @@ register()
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> dict | float | None:
     from train.pipeline.run import run  # deferred: see main()
+    from train.seams import close_progress_bars  # deferred: see main()
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -73,12 +74,6 @@ def job_return(cfg: DictConfig, hydra_cfg, results: dict | None) -> dict | float
     value = objective(results or {}, cfg.search.metric)
     print(f"search: {cfg.search.metric} = {value:.4g}", flush=True)
     return value
-
-
-def close_progress_bars() -> None:
-    from train import seams  # deferred: see main()
-
-    seams.close_progress_bars()
 
 
 def precheck(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 from accelerate.state import AcceleratorState
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
+from tqdm import tqdm
 
 # --- TRL's DPOTrainer ------------------------------------------------------------------------------
 
@@ -155,7 +156,5 @@ def close_progress_bars() -> None:
     """Closes the tqdm bars an exception left open (TRL's reference pass, the trainer's bar). tqdm draws a bar as
     "\r<bar>" with no newline, so the `error:` line printed next continued the bar's line (seen in CI: a full disk
     during the reference pass). Closing ends each bar's line. tqdm keeps its open bars in `tqdm._instances`."""
-    from tqdm import tqdm
-
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
