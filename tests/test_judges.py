@@ -116,15 +116,22 @@ def test_shares_cover_every_prompt_once_in_rank_order(count, world):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def test_a_prompt_samples_the_same_text_alone_in_a_batch_or_on_another_rank():
-    """Per-prompt random streams: what makes 1 and N processes sample the same texts."""
+def tiny_sampler(prompts: int, seed: int):
+    """(tokenizer, a 1-layer random Llama, `prompts` rendered chat prompts) for the sampling tests."""
     tokenizer = build_tokenizer(synthetic.corpus(0), 300)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
-    rng = random.Random(0)
-    texts = render_prompts(tokenizer, [[{"role": "user", "content": synthetic.make_prompt(rng)}] for _ in range(5)], True)
+    rng = random.Random(seed)
+    texts = render_prompts(tokenizer, [[{"role": "user", "content": synthetic.make_prompt(rng)}] for _ in range(prompts)],
+                           True)
+    return tokenizer, model, texts
+
+
+def test_a_prompt_samples_the_same_text_alone_in_a_batch_or_on_another_rank():
+    """Per-prompt random streams: what makes 1 and N processes sample the same texts."""
+    tokenizer, model, texts = tiny_sampler(prompts=5, seed=0)
 
     def draw(indices, batch_size, seed=0):
         records = sample_prompts(model, model, tokenizer, [texts[i] for i in indices], indices, 8, 1.0, batch_size, seed)
@@ -138,13 +145,7 @@ def test_a_prompt_samples_the_same_text_alone_in_a_batch_or_on_another_rank():
 def test_completion_logps_from_the_kept_logits_equal_the_full_forward():
     """sequence_logps runs the LM head at the completion positions only (logits_to_keep); the sums equal a
     log-softmax over the whole forward's logits."""
-    tokenizer = build_tokenizer(synthetic.corpus(0), 300)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
-                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
-    rng = random.Random(1)
-    texts = render_prompts(tokenizer, [[{"role": "user", "content": synthetic.make_prompt(rng)}] for _ in range(4)], True)
+    tokenizer, model, texts = tiny_sampler(prompts=4, seed=1)
     ids, attention, mask, _ = sample(model, tokenizer, texts, 8, 1.0, [1, 2, 3, 4])
     mask[0, 3:] = False  # as if the first completion had ended at its third token
     got = sequence_logps(model, ids, attention, mask)
