@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 from transformers import LlamaConfig
@@ -19,7 +20,7 @@ from train.core.errors import ConfigError
 from train.models.architecture import Architecture, count_parameters, from_model_config, transformers_config
 from train.models.memory_plan import Setting, plan
 from train.models.memory_trace import trace_dpo_step
-from train.pipeline.memory_check import check_memory_plan, memory_problem
+from train.pipeline.memory_check import check_memory_plan, memory_gate, memory_problem
 
 MODELS = ("tiny", "qwen2_5_0_5b", "llama3_8b", "mistral_7b")
 ARCH_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -145,10 +146,10 @@ def plan_json(capsys, *argv) -> dict:
 
 def test_llama3_8b_on_8x80gb_recommends_a_fit_and_refuses_zero0_with_a_model_reference(capsys):
     out = plan_json(capsys, "model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "gpu_memory_gb=80")
-    assert set(out) == {"given", "recommended", "candidates", "eval"}
+    assert set(out) == {"given", "recommended", "candidates", "eval", "launch", "host_memory_gb"}
     assert out["eval"]["fits"] and out["eval"]["per_gpu_gb"] > 15  # one whole 8B model per GPU at evaluation
     for entry in [out["given"], out["recommended"], *out["candidates"]]:
-        assert set(entry) == {"overrides", "fits", "per_gpu_gb"}
+        assert set(entry) == {"overrides", "fits", "per_gpu_gb", "host_gb_per_node", "why_not"}
         assert set(entry["per_gpu_gb"]) == {"params", "grads", "optimizer", "reference", "activations", "logits",
                                             "buffers", "total"}
     assert out["recommended"]["fits"] and out["recommended"]["per_gpu_gb"]["total"] <= 80
@@ -172,12 +173,39 @@ def test_bad_cluster_numbers_are_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: gpus_per_node=eight: give a number"
 
 
-def test_launch_check_names_the_overrides_that_fit_and_does_nothing_without_a_gpu():
+def test_launch_check_names_the_overrides_that_fit():
     cfg = compose(["model=llama3_8b", "recipe=real_model", "dpo.reference=model"])
     problem = memory_problem(cfg, gpus_per_node=8, nodes=1, memory_gb=80)
     assert problem and "\n" not in problem and "deepspeed=" in problem and "plan.check=false" in problem
     assert memory_problem(compose(["model=tiny"]), gpus_per_node=1, nodes=1, memory_gb=80) is None
-    check_memory_plan(cfg)  # no GPU here: nothing to check, no error
+
+
+def test_launch_gate_refuses_with_the_devices_memory_passed_in():
+    """The gate the launch runs on a GPU, given an 80 GB device's memory as a number: refusal, one line."""
+    cfg = compose(["model=llama3_8b", "recipe=real_model", "dpo.reference=model"])
+    with pytest.raises(ConfigError, match=r"needs (8\d|9\d|1\d\d)\.\d GB per GPU, the GPU has 80\.0 GB \(1 node\(s\) x 8 GPU"):
+        memory_gate(cfg, gpus_per_node=8, nodes=1, memory_gb=80.0)
+    memory_gate(cfg, gpus_per_node=8, nodes=1, memory_gb=200.0)  # fits a larger device: no error
+    offload = compose(["model=llama3_8b", "recipe=real_model", "deepspeed=zero3_offload"])
+    with pytest.raises(ConfigError, match=r"CPU offload needs 20\d\.\d GB of host RAM per node .* the host has 64\.0 GB"):
+        memory_gate(offload, gpus_per_node=1, nodes=1, memory_gb=80.0, host_gb=64.0)
+    memory_gate(offload, gpus_per_node=1, nodes=1, memory_gb=80.0, host_gb=512.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_launch_check_does_nothing_without_a_gpu():
+    check_memory_plan(compose(["model=llama3_8b", "recipe=real_model", "dpo.reference=model"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the launch check reads its memory")
+def test_launch_check_on_a_real_gpu_refuses_a_config_no_gpu_holds():
+    device_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    cfg = compose(["model=llama3_8b", "recipe=real_model", "dpo.reference=model", "dpo.args.max_length=8192",
+                   "dpo.args.gradient_checkpointing=false"])  # activations alone: hundreds of GB
+    with pytest.raises(ConfigError, match=rf"the GPU has {device_gb:.1f} GB"):
+        check_memory_plan(cfg)
+    check_memory_plan(compose(["model=tiny"]))  # the tiny model fits any GPU
 
 
 def test_evaluation_memory_is_planned_and_a_gpu_it_cannot_fit_stops_the_launch():
@@ -194,3 +222,75 @@ def test_evaluation_memory_is_planned_and_a_gpu_it_cannot_fit_stops_the_launch()
     assert smaller["per_gpu_gb"] < planned["per_gpu_gb"]
     assert eval_memory(compose(["model=llama3_8b", "eval.enabled=false"]), 80) is None
 
+
+
+def test_plan_prints_the_launch_command_with_its_process_count():
+    from train.pipeline.memory_report import launch_command
+
+    assert launch_command([], 1, 1) == "make train"
+    assert launch_command(["deepspeed=zero3", "+dpo.args.x=1"], 8, 1) == 'make train NPROC=8 ARGS="deepspeed=zero3 +dpo.args.x=1"'
+    assert launch_command(["deepspeed=zero3"], 8, 2) == 'make submit NODES=2 NPROC_PER_NODE=8 ARGS="deepspeed=zero3"'
+    assert launch_command(["experiment=a$b"], 2, 1) == "make train NPROC=2 ARGS='experiment=a$b'"  # no expansion
+
+
+def test_plan_cli_launch_line_for_one_and_two_nodes(capsys):
+    out = plan_json(capsys, "model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "gpu_memory_gb=80")
+    overrides = " ".join(out["recommended"]["overrides"])
+    assert out["launch"] == f'make train NPROC=8 ARGS="{overrides}"'
+    assert plan_json(capsys, "model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "nodes=2",
+                     "gpu_memory_gb=80")["launch"].startswith("make submit NODES=2 NPROC_PER_NODE=8 ARGS=")
+    assert_prints(capsys, ["model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "gpu_memory_gb=80"],
+                  f"launch: make train NPROC=8 ARGS=\"{overrides}\"  (8 processes: 1 node(s) x 8 GPU(s))")
+
+
+def assert_prints(capsys, argv: list[str], *lines: str) -> str:
+    assert plan_entry.main(argv) == 0
+    text = capsys.readouterr().out
+    for line in lines:
+        assert line in text.splitlines(), (line, text[-3000:])
+    return text
+
+
+def test_cpu_offload_needs_host_memory_per_node_and_is_refused_where_the_host_cannot_hold_it(capsys):
+    from train.models.memory_plan import GIB, host_bytes_per_node
+
+    arch = arch_of("llama3_8b")
+    for nodes in (1, 2):
+        s = Setting("zero3_offload", "precomputed", True, 4, 4, 1024, gpus_per_node=8, nodes=nodes)
+        cpu, _, _ = estimate_zero3_model_states_mem_needs(arch.num_parameters, arch.largest_layer_params, 8, nodes,
+                                                          cpu_offload=True, cpu_offload_params=True)
+        assert host_bytes_per_node(arch, s) == cpu  # DeepSpeed's own figure: 18 bytes/param x 1.5, over the nodes
+    assert host_bytes_per_node(arch, dataclasses.replace(s, zero="zero3")) == 0
+    argv = ["model=llama3_8b", "recipe=real_model", "gpus_per_node=1", "gpu_memory_gb=24"]
+    small = plan_json(capsys, *argv, "host_memory_gb=64")
+    offload = [c for c in small["candidates"] if "deepspeed=zero3_offload" in c["overrides"]
+               and not any(o.startswith("dpo.reference=") for o in c["overrides"])]
+    assert offload and all(not c["fits"] and 200 < c["host_gb_per_node"] < 205 for c in offload)
+    assert all("of host RAM per node" in c["why_not"] and "the host has 64.0 GB" in c["why_not"] for c in offload)
+    text = assert_prints(capsys, [*argv, "host_memory_gb=64"])
+    assert sum(line.startswith("refused: ") and "zero3_offload" in line for line in text.splitlines()) >= 2
+    large = plan_json(capsys, *argv, "host_memory_gb=512")
+    assert "deepspeed=zero3_offload" in large["recommended"]["overrides"] and large["host_memory_gb"] == 512
+    assert "dpo.reference=lora" not in large["recommended"]["overrides"]
+
+
+def test_host_memory_defaults_to_this_machines(capsys):
+    with open("/proc/meminfo") as f:
+        total_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    out = plan_json(capsys, "model=tiny")
+    assert out["host_memory_gb"] == round(total_kb / 2**20, 2)
+
+
+def test_plan_says_why_a_fitting_lora_row_is_or_is_not_the_recommendation(capsys):
+    text = assert_prints(capsys, ["model=llama3_8b", "recipe=real_model", "gpus_per_node=8", "gpu_memory_gb=80"])
+    (note,) = [line for line in text.splitlines() if line.startswith("not LoRA: ")]
+    assert "trains only adapters (a different result); recommended full fine-tuning since it fits" in note
+    assert "less memory (" in note
+    # One 24 GB GPU whose host cannot hold the offloaded 8B: no full fine-tuning fits, LoRA is the recommendation.
+    out = plan_json(capsys, "model=llama3_8b", "recipe=real_model", "gpus_per_node=1", "gpu_memory_gb=24",
+                    "host_memory_gb=16")
+    assert "dpo.reference=lora" in out["recommended"]["overrides"]
+    assert_prints(capsys, ["model=llama3_8b", "recipe=real_model", "gpus_per_node=1", "gpu_memory_gb=24",
+                           "host_memory_gb=16"],
+                  "LoRA recommended: no full fine-tuning fits; LoRA trains adapters on a frozen base, a different "
+                  "result from full fine-tuning")

@@ -4,6 +4,7 @@ a real search)."""
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -144,3 +145,108 @@ def test_an_adaptive_beta_run_is_named_by_its_rule_not_as_a_constant_beta():
             {"run": "b0.1", "status": "ok", "results": {"beta": 0.1, "dpo": {"judge_reward": 4.0, "kl_to_reference": 3.0}}}]
     points, _ = scored(rows, JUDGE_REWARD)
     assert [p.beta_text for p in points] == ["beta=adaptive (0.1 at step 0)", "beta=0.1"]
+
+
+# Uncertainty: every figure a sweep is ranked by carries its 95% interval and sample size, and runs the intervals
+# cannot separate from the best are reported as tied (train/pipeline/uncertainty.py, recommend.TIE_RULE).
+
+def judged(run: str, beta: float, rewards: list[float], kl=None) -> dict:
+    r = row(run, beta, judge=sum(rewards) / len(rewards), kl=kl)
+    r["results"]["dpo"]["num_prompts"] = len(rewards)
+    return {**r, "judge_rewards": rewards}
+
+
+def test_bootstrap_and_wilson_intervals_on_known_data():
+    from train.pipeline.uncertainty import bootstrap_mean, wilson
+
+    assert bootstrap_mean([2.5] * 32) == (2.5, 2.5)  # no spread, no uncertainty
+    coin = [0.0, 1.0] * 16  # mean 0.5, standard error 0.5 / sqrt(32) = 0.088: 95% about +-0.17
+    low, high = bootstrap_mean(coin)
+    assert 0.30 <= low <= 0.36 and 0.64 <= high <= 0.70, (low, high)
+    assert bootstrap_mean(coin) == (low, high)  # seeded: the same report every time
+    assert bootstrap_mean(coin, seed=1) != (low, high)
+    # Wilson: at 12/12 the lower bound is n / (n + z^2) (z = 1.96), not 1 as the normal approximation says.
+    assert wilson(1.0, 12) == (pytest.approx(12 / (12 + 1.959964 ** 2), abs=1e-6), 1.0)
+    assert wilson(0.5, 100) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+
+
+def test_a_clear_winner_is_recommended_alone_with_its_interval_and_n():
+    rows = [judged("b0.1", 0.1, [5.0, 5.2] * 16, kl=3.0), judged("b0.5", 0.5, [1.0, 1.2] * 16, kl=0.5)]
+    best = recommend(rows)
+    assert best.point.run == "b0.1" and [p.run for p in best.tied] == ["b0.1"]
+    line = best.line()
+    low, high = map(float, re.search(r"95% CI \[([\d.]+), ([\d.]+)\]", line).groups())
+    assert 5.1 - 0.045 < low < 5.1 - 0.025 and 5.1 + 0.025 < high < 5.1 + 0.045  # +-1.96 x 0.1 / sqrt(32)
+    assert line == (f"recommended: beta=0.1 (b0.1: judge reward 5.1, 95% CI [{low:.4g}, {high:.4g}], n=32 prompts, "
+                    "KL 3; highest judge reward among all runs; no other run's interval overlaps it)")
+
+
+def test_overlapping_intervals_are_tied_and_the_smallest_kl_among_them_is_recommended():
+    noisy = [0.0, 4.0, 2.0, 6.0] * 8  # mean 3, standard error ~0.4
+    rows = [judged("b0.05", 0.05, [x + 0.4 for x in noisy], kl=4.0),  # the best score: 3.4
+            judged("b0.2", 0.2, [x + 0.2 for x in noisy], kl=1.0),
+            judged("b0.5", 0.5, noisy, kl=2.0),
+            judged("b1.0", 1.0, [x - 2.0 for x in noisy], kl=0.1)]  # 1.0: separable from the best, not tied
+    best = recommend(rows)
+    assert best.point.run == "b0.2" and sorted(p.run for p in best.tied) == ["b0.05", "b0.2", "b0.5"]
+    line = best.line()
+    assert line.startswith("recommended: beta=0.2 (b0.2: judge reward 3.2, 95% CI [")
+    assert "n=32 prompts, KL 1;" in line
+    assert line.endswith("tied within noise with beta=0.05, beta=0.5: their 95% intervals overlap "
+                         "the best's (highest: beta=0.05, 3.4); the smallest KL among them)")
+
+
+def test_a_perfect_held_out_accuracy_on_a_few_pairs_is_not_separable_from_one_miss():
+    rows = [row("b0.1", 0.1, accuracy=1.0, kl=3.0), row("b0.5", 0.5, accuracy=11 / 12, kl=1.0)]
+    for r in rows:
+        r["results"]["dpo"]["held_out"]["num_pairs"] = 12
+    best = recommend(rows)
+    assert best.metric == HELD_OUT_ACCURACY and best.point.run == "b0.5"
+    assert "95% CI [0.6461, 0.9851], n=12 pairs" in best.line() and "tied within noise with beta=0.1" in best.line()
+    for r in rows:  # on 1200 pairs the same accuracies are separable: the best is recommended alone
+        r["results"]["dpo"]["held_out"]["num_pairs"] = 1200
+    assert recommend(rows).point.run == "b0.1" and "no other run's interval overlaps it" in recommend(rows).line()
+
+
+def test_report_shows_each_runs_interval_and_n_and_marks_the_tied_runs(tmp_path):
+    from train.report import write_report
+
+    noisy = [0.0, 4.0, 2.0, 6.0] * 8
+    for beta, shift, kl in ((0.1, 0.4, 4.0), (0.5, 0.0, 1.0), (1.0, -2.5, 0.2)):
+        rewards = [x + shift for x in noisy]
+        results = row("", beta, judge=sum(rewards) / 32, kl=kl)["results"]
+        results["dpo"]["num_prompts"] = 32
+        write_run(tmp_path, f"beta.value={beta}", results)
+        samples = [{"index": i, "policy_reward": r, "reference_reward": 0.0} for i, r in enumerate(rewards)]
+        (tmp_path / f"beta.value={beta}" / "eval_samples.jsonl").write_text("\n".join(map(json.dumps, samples)))
+    recommendation = write_report(tmp_path)
+    assert recommendation.point.run == "beta.value=0.5"
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## Uncertainty (judge reward)")[1].split("##")[0]
+    assert "overlaps the best-scoring run's are tied" in section
+    lines = [x for x in section.splitlines() if x.startswith("- ")]
+    assert [x.split(" (")[0] for x in lines] == ["- beta=0.1", "- beta=0.5", "- beta=1"]  # by score
+    assert all("n=32 prompts" in x for x in lines)
+    assert lines[0].endswith(": tied") and lines[1].endswith(": recommended") and not lines[2].endswith("tied")
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert [rows[f"beta.value={b}"]["tied"] for b in (0.1, 0.5, 1.0)] == ["yes", "yes", "no"]
+    assert rows["beta.value=0.5"]["ci_n"] == "32" and float(rows["beta.value=0.5"]["ci95_low"]) < 3.0
+
+
+def test_margins_plot_marks_a_run_that_logged_one_step():
+    import numpy as np
+
+    from train.pipeline.sweep_plots import margins_figure
+
+    results = {"beta": 0.1, "dpo": {"history": [{"step": 1, "rewards/margins": 0.05, "rewards/accuracies": 0.5}]}}
+    fig = margins_figure([results])
+    left = fig.axes[0]
+    (line,) = left.get_lines()
+    assert len(line.get_xdata()) == 1 and line.get_marker() == "o"
+    fig.canvas.draw()  # the marker's pixels, in the run's colour, inside the plot area and outside its legend
+    pixels = np.asarray(fig.canvas.buffer_rgba())[::-1, :, :3].astype(int)  # rows from the bottom, as bboxes count
+    box, legend = left.get_window_extent(), left.get_legend().get_window_extent()
+    colour = np.array([0x1F, 0x77, 0xB4])  # C0
+    hits = [(x, y) for y, x in zip(*np.nonzero(np.abs(pixels - colour).sum(axis=2) < 60))
+            if box.x0 < x < box.x1 and box.y0 < y < box.y1 and not (legend.x0 <= x <= legend.x1 and legend.y0 <= y <= legend.y1)]
+    assert len(hits) > 5

@@ -67,7 +67,11 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, recommendation) -> None:
                "report/recommended_beta": None if point is None else point.beta,
                "report/recommended_run": None if point is None else point.run,
                "report/recommended_value": None if point is None else point.score,
-               "report/recommended_kl": None if point is None else point.kl, "report/reason": recommendation.reason}
+               "report/recommended_kl": None if point is None else point.kl, "report/reason": recommendation.reason,
+               "report/tied_runs": ", ".join(p.run for p in recommendation.tied) if len(recommendation.tied) > 1 else None}
+    if point is not None and point.interval is not None:
+        summary.update({"report/recommended_ci95_low": point.interval.low, "report/recommended_ci95_high":
+                        point.interval.high, "report/recommended_n": point.interval.n})
     try:
         run = tracking.start_run(config, {"report": summary, "sweep_dir": str(sweep_dir)}, sweep_dir,
                                  "sweep-report", f"{config.experiment}-report")

@@ -6,13 +6,15 @@ accumulation raised to keep the global batch). For each of the first three, the 
 
 "Fastest" is a rough cost order, a product of step-time factors, not a measurement of your cluster:
   - gradient checkpointing     x1.33: one more forward of the three passes' worth a step costs
-                               (measured here 1.23-1.46x per DPO step on CPU, README Throughput);
+                               (measured here 1.23-1.46x per DPO step on CPU, docs/throughput.md);
   - dpo.reference=model        x1.33: a reference forward every step (measured here 1.26-1.34x vs precomputed);
   - zero1 / zero2              x1.0 / x1.05: the same communication volume as DDP (ZeRO paper, sec. 7);
   - zero3                      x1.15: 1.5x the communication volume of DDP (ZeRO paper, sec. 7.2.2);
   - zero3_offload              x2.0: the optimizer step on the CPU and parameters over PCIe;
   - each halving of micro-batch x1.1: smaller matmuls, more steps.
 LoRA trains adapters, not the model: it is recommended only when no full fine-tuning fits.
+A candidate fits when its per-GPU total is within the GPU's memory and, for zero3_offload, the offloaded states
+(memory_plan.host_bytes_per_node) are within each node's host memory.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import itertools
 from omegaconf import DictConfig
 
 from train.models.architecture import Architecture, from_model_config
-from train.models.memory_plan import GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes, plan
+from train.models.memory_plan import (GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes,
+                                      host_bytes_per_node, plan)
 
 REFERENCES = ("precomputed", "model", "lora")
 ZERO_COST = {"none": 1.0, "zero1": 1.0, "zero2": 1.05, "zero3": 1.15, "zero3_offload": 2.0}
@@ -51,9 +54,12 @@ class Candidate:
     fits: bool
     cost: float
     overrides: list[str]
+    host: int = 0  # bytes of host RAM per node the offloaded states need (zero3_offload only)
+    why_not: str = ""  # why it does not fit ("" when it fits)
 
     def as_json(self) -> dict:
-        return {"overrides": self.overrides, "fits": self.fits, "per_gpu_gb": self.memory.gb()}
+        return {"overrides": self.overrides, "fits": self.fits, "per_gpu_gb": self.memory.gb(),
+                "host_gb_per_node": round(self.host / GIB, 2), "why_not": self.why_not}
 
 
 def zero_option(deepspeed: DictConfig) -> str:
@@ -99,16 +105,26 @@ def overrides(s: Setting, given: Setting, user_overrides: list[str], dpo_args: D
     return kept + [f"{k}={v}" for k, v in changes.items()]
 
 
-def evaluate(arch: Architecture, s: Setting, given: Setting, capacity: int, user: list[str], args) -> Candidate:
-    memory = plan(arch, s)
-    return Candidate(s, memory, memory.total <= capacity, cost(s, given), overrides(s, given, user, args))
+def evaluate(arch: Architecture, s: Setting, given: Setting, capacity: int, user: list[str], args,
+             host_capacity: int | None = None) -> Candidate:
+    """One setting against `capacity` bytes per GPU and `host_capacity` bytes of host RAM per node (None: not
+    checked)."""
+    memory, host = plan(arch, s), host_bytes_per_node(arch, s)
+    why = []
+    if memory.total > capacity:
+        why.append(f"needs {memory.total / GIB:.1f} GB per GPU, the GPU has {capacity / GIB:.1f} GB")
+    if host_capacity is not None and host > host_capacity:
+        why.append(f"CPU offload needs {host / GIB:.1f} GB of host RAM per node for the offloaded params and optimizer "
+                   f"states, the host has {host_capacity / GIB:.1f} GB (host_memory_gb=)")
+    return Candidate(s, memory, not why, cost(s, given), overrides(s, given, user, args), host, "; ".join(why))
 
 
 def candidates(arch: Architecture, given: Setting, gpu_memory_gb: float, user_overrides: list[str],
-               dpo_args: DictConfig) -> list[Candidate]:
+               dpo_args: DictConfig, host_memory_gb: float | None = None) -> list[Candidate]:
     """For each DeepSpeed option x reference x checkpointing: the largest micro-batch (a halving of the given one
     that keeps the global batch) that fits, else the given micro-batch (not fitting)."""
     capacity = int(gpu_memory_gb * GIB)
+    host_capacity = None if host_memory_gb is None else int(host_memory_gb * GIB)
     micro_batches = [m for m in (given.micro_batch >> i for i in range(given.micro_batch.bit_length()))
                      if (given.micro_batch * given.grad_accum) % m == 0]
     out = []
@@ -116,7 +132,7 @@ def candidates(arch: Architecture, given: Setting, gpu_memory_gb: float, user_ov
         tried = [evaluate(arch, dataclasses.replace(given, zero=zero, reference=reference, micro_batch=m,
                                                     gradient_checkpointing=checkpointing,
                                                     grad_accum=given.micro_batch * given.grad_accum // m),
-                          given, capacity, user_overrides, dpo_args) for m in micro_batches]
+                          given, capacity, user_overrides, dpo_args, host_capacity) for m in micro_batches]
         out.append(next((c for c in tried if c.fits), tried[0]))
     return out
 
@@ -129,6 +145,27 @@ def recommend(found: list[Candidate]) -> Candidate | None:
     if not pool:
         return None
     return min(pool, key=lambda c: (c.cost, ZERO_STAGE[c.setting.zero], c.memory.total))
+
+
+def lora_note(found: list[Candidate], best: Candidate | None) -> str | None:
+    """Why the recommendation is (or is not) LoRA, when a LoRA candidate fits: the ranking puts full fine-tuning
+    first whenever any fits, so a LoRA row with less memory or a lower cost can sit above or below it in the table."""
+    lora = [c for c in found if c.fits and c.setting.reference == "lora"]
+    if best is None or not lora:
+        return None
+    if best.setting.reference == "lora":
+        return ("LoRA recommended: no full fine-tuning fits; LoRA trains adapters on a frozen base, a different "
+                "result from full fine-tuning")
+    smallest, cheapest = min(lora, key=lambda c: c.memory.total), min(lora, key=lambda c: c.cost)
+    better = []
+    if smallest.memory.total < best.memory.total:
+        better.append(f"less memory ({smallest.memory.total / GIB:.1f} GB per GPU vs {best.memory.total / GIB:.1f})")
+    if cheapest.cost < best.cost:
+        better.append(f"a lower cost ({cheapest.cost:.2f} vs {best.cost:.2f})")
+    if not better:
+        return None
+    return (f"not LoRA: dpo.reference=lora fits with {' and '.join(better)} but trains only adapters (a different "
+            "result); recommended full fine-tuning since it fits")
 
 
 def eval_memory(cfg: DictConfig, memory_gb: float) -> dict | None:

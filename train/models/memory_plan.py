@@ -210,6 +210,22 @@ def buffer_bytes(arch: Architecture, s: Setting) -> int:
     return total
 
 
+def host_bytes_per_node(arch: Architecture, s: Setting) -> int:
+    """Host RAM per node that zero3_offload's offloaded states need (0 for the other options): DeepSpeed's own
+    ZeRO-3 estimate with offload_param and offload_optimizer on cpu (zero_init; its 1.5 buffer factor), 18 bytes
+    per parameter spread over the nodes (16-bit and fp32 params, fp32 gradients, Adam's two moments); a
+    reference=model copy, sharded and offloaded like the policy, adds its weights; under LoRA the frozen base
+    in the weight dtype, and the fp32 adapters with their states. The processes' own memory comes on top."""
+    if s.zero != "zero3_offload":
+        return 0
+    if s.reference == "lora":
+        return int(1.5 * (s.weight_bytes * arch.num_parameters + 18 * s.lora_params) / s.nodes)
+    cpu, _, _ = estimate_zero3_model_states_mem_needs(arch.num_parameters, arch.largest_layer_params, s.gpus_per_node,
+                                                      s.nodes, cpu_offload=True, cpu_offload_params=True)
+    reference = s.weight_bytes * arch.num_parameters // s.nodes if s.reference == "model" else 0
+    return cpu + reference
+
+
 def eval_bytes(arch: Architecture, weight_bytes: int, batch_size: int, tokens: int, new_tokens: int) -> int:
     """Evaluation after DPO (train/pipeline/evaluate.py), per GPU: one whole model at a time (policy, then
     reference) in the model dtype; generate()'s KV cache for `batch_size` prompts of up to `tokens` tokens; the

@@ -50,7 +50,8 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
         reference_path=str(reference),
         train=last_logged(trainer, "rewards/accuracies"),
         history=[e for e in trainer.state.log_history if "rewards/margins" in e and "train_runtime" not in e],
-        held_out={k.removeprefix("eval_"): v for k, v in held_out.items()},
+        # num_pairs: the sample size of the held-out accuracy, for its interval in the sweep report.
+        held_out={**{k.removeprefix("eval_"): v for k, v in held_out.items()}, "num_pairs": len(data.test_pairs)},
         steps=trainer.state.global_step,
         resumed_from=str(resume_from) if resume_from else None,
         bad_steps=trainer.bad_steps_total,

@@ -29,6 +29,12 @@ def plot_reward_vs_kl(points: list[Point], recommendation: Recommendation, not_p
     fig, ax = plt.subplots(figsize=(6.5, 5))
     if placed:
         ax.scatter([p.kl for p in placed], [p.score for p in placed], color="tab:blue", zorder=2, label="runs")
+        with_interval = [p for p in placed if p.interval is not None]
+        if with_interval:  # the 95% interval of each run's score: overlapping bars are runs the data cannot separate
+            ax.errorbar([p.kl for p in with_interval], [p.score for p in with_interval],
+                        yerr=[[p.score - p.interval.low for p in with_interval],
+                              [p.interval.high - p.score for p in with_interval]],
+                        fmt="none", ecolor="tab:blue", alpha=0.5, capsize=3, zorder=1, label="95% interval")
         ax.plot([p.kl for p in front], [p.score for p in front], "-", color="tab:orange", zorder=1,
                 label="Pareto front (max reward, min KL)")
         for p in placed:
@@ -57,9 +63,16 @@ def plot_reward_vs_kl(points: list[Point], recommendation: Recommendation, not_p
 
 
 def plot_margins(ok_results: list[dict], path: Path) -> None:
+    fig = margins_figure(ok_results)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def margins_figure(ok_results: list[dict]):
     """Left: the implicit log-ratio margin (rewards/margins / beta at that step); right: train implicit-reward
     accuracy over steps, the held-out accuracy as a diamond at the last step. Raw rewards/margins are
-    beta x this log-ratio, so they grow with beta by construction and do not compare across betas."""
+    beta x this log-ratio, so they grow with beta by construction and do not compare across betas. Every logged
+    step is marked: a run that logged one step has no line to draw, only its marker."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, results in enumerate(ok_results):
         color, label = f"C{i % 10}", run_label(results)
@@ -71,10 +84,11 @@ def plot_margins(ok_results: list[dict], path: Path) -> None:
                    and (value_at(e, "beta") or value_at(results, "beta"))]
         steps = [value_at(e, "step") for e in history]
         left.plot(steps, [value_at(e, "rewards/margins") / (value_at(e, "beta") or value_at(results, "beta"))
-                          for e in history], color=color, label=label)
+                          for e in history], color=color, label=label, marker="o", markersize=3)
         accuracy = [(value_at(e, "step"), value_at(e, "rewards/accuracies")) for e in history
                     if value_at(e, "rewards/accuracies") is not None]
-        right.plot([s for s, _ in accuracy], [a for _, a in accuracy], color=color, label=label)
+        right.plot([s for s, _ in accuracy], [a for _, a in accuracy], color=color, label=label, marker="o",
+                   markersize=3)
         held_out = value_at(results, "dpo.held_out.rewards/accuracies")
         if held_out is not None and steps:
             right.scatter([value_at(results, "dpo.steps") or steps[-1]], [held_out], marker="D", color=color, zorder=3)
@@ -84,5 +98,4 @@ def plot_margins(ok_results: list[dict], path: Path) -> None:
     if ok_results:
         left.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

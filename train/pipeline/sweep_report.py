@@ -1,8 +1,10 @@
 """The sweep report (train/report.py runs it, and Hydra's callback when a multirun or search ends).
 
 Writes into the sweep directory:
-  summary.csv          one row per run: status, recommended (yes/no), beta and every numeric results.json field
-  report.md            the recommended beta and why; beta vs final metrics; runs left out of the plot and why
+  summary.csv          one row per run: status, recommended (yes/no), beta and every numeric results.json field,
+                       the ranking metric's ci95_low, ci95_high, ci_n and tied (yes/no)
+  report.md            the recommended beta and why; beta vs final metrics; each run's score with its 95% interval
+                       and sample size, and the runs tied with the best; runs left out of the plot and why
   reward_vs_kl.png     judge reward (else held-out implicit-reward accuracy) against KL(policy || reference),
                        one point per run, the Pareto front and the recommended run marked (DPO paper, fig. 2)
   margins.png          what compares across betas over steps: the log-ratio margin (rewards/margins / beta)
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from train.core.trees import flatten as flatten_tree
-from train.pipeline.recommend import LABELS, Recommendation, ranking_metric, recommend, scored, value_at
+from train.pipeline.recommend import (LABELS, TIE_RULE, Point, Recommendation, ranking_metric, recommend, scored,
+                                      value_at)
 from train.pipeline.sweep_plots import plot_margins, plot_reward_vs_kl
 
 TABLE = [  # (column, results.json path)
@@ -57,6 +60,18 @@ def read_object(path: Path) -> tuple[dict, Optional[str]]:
     return (data, None) if isinstance(data, dict) else ({}, f"{path.name} is not a JSON object")
 
 
+def judge_rewards(path: Path) -> list[float]:
+    """Every prompt's policy_reward from a run's eval_samples.jsonl (the judge reward's bootstrap resamples
+    them); empty when the file is missing, unjudged or damaged: the run then has no interval, and says so."""
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    rewards = [r.get("policy_reward") if isinstance(r, dict) else None for r in records]
+    ok = all(value_at({"v": r}, "v") is not None for r in rewards)
+    return [float(r) for r in rewards] if ok else []
+
+
 def load_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every run directory of the sweep (a subdirectory holding config.yaml, results or a job status)."""
     runs = []
@@ -76,6 +91,7 @@ def load_runs(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": "ok" if ok else "failed",
             "error": damaged or status_damaged or status.get("error") or (None if ok else "no finished results.json"),
             "results": results,
+            "judge_rewards": judge_rewards(run_dir / "eval_samples.jsonl"),
         })
     return sorted(runs, key=lambda r: (value_at(r["results"], "beta") is None, value_at(r["results"], "beta") or 0,
                                        r["run"]))
@@ -85,13 +101,26 @@ def is_recommended(run: dict, recommendation: Recommendation) -> bool:
     return recommendation.point is not None and run["run"] == recommendation.point.run
 
 
-def write_csv(runs: list[dict], recommendation: Recommendation, path: Path) -> None:
+def uncertainty_fields(point: Optional[Point], recommendation: Recommendation) -> dict:
+    """summary.csv's interval columns for one run (blank for a run without the metric or an interval)."""
+    if point is None:
+        return {}
+    tied = "yes" if any(p.run == point.run for p in recommendation.tied) and len(recommendation.tied) > 1 else "no"
+    if point.interval is None:
+        return {"tied": tied}
+    i = point.interval
+    return {"ci95_low": round(i.low, 6), "ci95_high": round(i.high, 6), "ci_n": i.n, "tied": tied}
+
+
+def write_csv(runs: list[dict], recommendation: Recommendation, points: list[Point], path: Path) -> None:
+    by_run = {p.run: p for p in points}
     rows = []
     for run in runs:
         numeric = {k: v for k, v in flatten(run["results"]).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         recommended = "yes" if is_recommended(run, recommendation) else "no"
-        rows.append({"run": run["run"], "status": run["status"], "recommended": recommended, **numeric})
+        rows.append({"run": run["run"], "status": run["status"], "recommended": recommended, **numeric,
+                     **uncertainty_fields(by_run.get(run["run"]), recommendation)})
     fixed = ["run", "status", "recommended", "beta"]
     columns = fixed + sorted({k for row in rows for k in row} - set(fixed))
     with open(path, "w", newline="") as f:
@@ -104,8 +133,21 @@ def fmt(value: Any) -> str:
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def uncertainty_lines(points: list[Point], recommendation: Recommendation) -> list[str]:
+    """One line per scored run: its score, interval and sample size, and whether it is tied with the best."""
+    label, tied = LABELS[recommendation.metric], {p.run for p in recommendation.tied}
+    lines = ["", f"## Uncertainty ({label})", "", TIE_RULE, ""]
+    for p in sorted(points, key=lambda p: -p.score):
+        interval = p.interval.text() if p.interval else "no interval (no per-item results saved)"
+        mark = ("recommended" if recommendation.point and p.run == recommendation.point.run
+                else "tied" if p.run in tied and len(tied) > 1 else "")
+        kl = "" if p.kl is None else f", KL {p.kl:.4g}"
+        lines.append(f"- {p.beta_text} ({p.run}): {p.score:.4g}, {interval}{kl}" + (f": {mark}" if mark else ""))
+    return lines
+
+
 def write_markdown(runs: list[dict], recommendation: Recommendation, not_plotted: list[str], path: Path,
-                   sweep_dir: Path) -> None:
+                   sweep_dir: Path, points: list[Point]) -> None:
     budget = "none (best reward)" if recommendation.kl_budget is None else f"{recommendation.kl_budget:g} nats"
     lines = [f"# Sweep report: {sweep_dir}", "", "| run | status | " + " | ".join(c for c, _ in TABLE)
              + " | recommended |", "|---|---|" + "---|" * (len(TABLE) + 1)]
@@ -117,6 +159,7 @@ def write_markdown(runs: list[dict], recommendation: Recommendation, not_plotted
     lines += ["", "## Recommendation", "", recommendation.line(), "",
               f"Ranked by {LABELS[recommendation.metric]} (`{recommendation.metric}`); KL budget (report.kl_budget): "
               f"{budget}. The judge reward is used when runs were judged, else the held-out implicit-reward accuracy."]
+    lines += uncertainty_lines(points, recommendation)
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['run']}: {r['error']}" for r in failed]
@@ -141,8 +184,8 @@ def write_report(sweep_dir: Path, kl_budget: Optional[float] = None) -> Recommen
     points, missing = scored(runs, ranking_metric(runs))
     not_plotted = [f"{run}: {why}" for run, why in missing]
     not_plotted += [f"{p.run}: no KL estimate (eval.enabled=false?)" for p in points if p.kl is None]
-    write_csv(runs, recommendation, sweep_dir / "summary.csv")
-    write_markdown(runs, recommendation, not_plotted, sweep_dir / "report.md", sweep_dir)
+    write_csv(runs, recommendation, points, sweep_dir / "summary.csv")
+    write_markdown(runs, recommendation, not_plotted, sweep_dir / "report.md", sweep_dir, points)
     plot_reward_vs_kl(points, recommendation, not_plotted, sft_judge_reward(runs), sweep_dir / "reward_vs_kl.png")
     plot_margins([r["results"] for r in runs if r["status"] == "ok"], sweep_dir / "margins.png")
     return recommendation
