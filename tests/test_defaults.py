@@ -17,6 +17,7 @@ from train.config import schema
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"model": schema.ModelConfig, "data": schema.DataConfig, "judge": schema.JudgeConfig,
+          "labeler": schema.LabelerConfig,
           "beta": schema.BetaConfig, "deepspeed": schema.DeepSpeedConfig, "sft": schema.SFTStageConfig,
           "dpo": schema.DPOStageConfig, "eval": schema.EvalConfig, "wandb": schema.WandbConfig}
 

@@ -15,11 +15,15 @@ schema because OmegaConf rejects its Union-typed fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-STAGES = ("all", "sft", "dpo", "eval")  # stage=: the whole pipeline or one stage
+from train.config.onpolicy_schema import LabelerKind
+from train.config.reward_schema import RewardStageConfig
+
+STAGES = ("all", "sft", "dpo", "eval", "reward")  # stage=: the whole pipeline or one stage (reward: not in all)
 REFERENCE_PLACEMENTS = ("model", "precomputed", "lora")  # dpo.reference=
 
 
@@ -85,11 +89,14 @@ class RankingSpec:
 class ColumnsSpec:
     """Where data=custom finds its fields (dotted names reach into nested fields)."""
 
-    prompt: str = "prompt"  # text, or chat messages
+    prompt: Optional[str] = "prompt"  # text or chat messages; null (or no such column): shared start of chosen/rejected
     chosen: Optional[str] = "chosen"  # preferred response (text, or [assistant message])
     rejected: Optional[str] = "rejected"  # dispreferred response
-    responses: Optional[str] = None  # instead of chosen/rejected: a list of responses, ranked by `scores`
-    scores: Optional[str] = None  # list of numbers, one per response (higher is better)
+    # Instead of chosen/rejected: a list column, or a list of columns (Any: OmegaConf has no str-or-list type)
+    responses: Any = None  # paired by `scores` (ranked with data.ranking) or by `preferred`
+    scores: Any = None  # numbers, one per response (higher is better): a list column, or a list of columns
+    preferred: Optional[str] = None  # which response is preferred: an index, a letter (a/b) or a column's name
+    preferred_base: Optional[int] = None  # index labels: 0 or 1; null: from the values ({0,1}: 0, {1,2}: 1)
 
 
 @dataclass
@@ -125,6 +132,13 @@ class JudgeConfig:
     max_length: int = 1024  # reward_model: tokens scored per sequence; longer ones lose the start of the prompt
     chat_template: Optional[str] = None  # reward_model: replaces its tokenizer's template (chatml, a file or Jinja)
     trust_remote_code: bool = False  # reward_model: run code shipped with it: only for models you trust
+
+
+@dataclass
+class LabelerConfig(JudgeConfig):
+    """What labels on-policy answers (train/models/labelers.py): a judge's fields, a closed kind (conf/labeler/)."""
+
+    kind: LabelerKind = MISSING  # none, reward_model, sentiment; annotations is reserved (refused for now)
 
 
 @dataclass
@@ -211,10 +225,20 @@ class WandbConfig:
     tags: list[str] = MISSING  # free-form tags
 
 
+class KeepAtEnd(str, Enum):
+    """What a finished run keeps of its DPO checkpoints (each a full model with optimizer state); its policy/ holds
+    the final model, which evaluation, a rerun (stage=eval) and the sweep report read."""
+
+    all = "all"  # the checkpoint.keep newest, as during training: to train on from them
+    last = "last"  # the newest one only
+    none = "none"  # none: removed once the run is finished and its policy/ is complete
+
+
 @dataclass
 class CheckpointConfig:
     every_steps: int = MISSING  # optimizer steps between SFT and DPO checkpoints (DPO also saves at the end); 0: none
     keep: int = MISSING  # complete checkpoints kept; older ones are deleted after a newer one is complete
+    keep_at_end: KeepAtEnd = MISSING  # what a finished run keeps of them (all, last, none)
 
 
 @dataclass
@@ -255,9 +279,11 @@ class MainConfig:
     beta: BetaConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
     judge: JudgeConfig = MISSING
+    labeler: LabelerConfig = MISSING
     sft: SFTStageConfig = MISSING
     dpo: DPOStageConfig = MISSING
     eval: EvalConfig = MISSING
+    reward: RewardStageConfig = MISSING  # stage=reward only
     wandb: WandbConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
@@ -265,7 +291,7 @@ class MainConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
-    stage: str = MISSING  # all, sft, dpo or eval
+    stage: str = MISSING  # all, sft, dpo, eval or reward
     seed: int = MISSING  # one seed for data generation, model init and trainers
     dry_run: bool = MISSING  # build everything, print a summary, stop before training
     output_root: str = MISSING  # runs/, sweeps/, sft/ and models/ live under it

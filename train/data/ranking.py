@@ -22,17 +22,27 @@ def rank_to_pairs(prompt, responses: list[str], scores: list[float], strategy: s
         raise ValueError(f"ranking strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if len(responses) != len(scores):
         raise ValueError(f"{len(responses)} responses but {len(scores)} scores")
-    order = sorted(range(len(responses)), key=lambda i: (-scores[i], i))
-    if strategy == "best_vs_worst":
-        candidates = [(order[0], order[-1])] if order else []
-    elif strategy == "best_vs_rest":
-        candidates = [(order[0], j) for j in order[1:]]
-    elif strategy == "all_pairs":
-        candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
-    else:
-        candidates = list(zip(order, order[1:]))
     return [
         {"prompt": prompt, "chosen": responses[hi], "rejected": responses[lo]}
-        for hi, lo in candidates
-        if scores[hi] - scores[lo] > 0 and scores[hi] - scores[lo] >= min_margin
+        for hi, lo in candidate_pairs(scores, strategy)
+        if prefers(scores[hi] - scores[lo], min_margin)
     ]
+
+
+def candidate_pairs(scores: list[float], strategy: str) -> list[tuple[int, int]]:
+    """(better, worse) response indices the strategy considers, before ties and min_margin are left out."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"ranking strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if strategy == "best_vs_worst":
+        return [(order[0], order[-1])] if order else []
+    if strategy == "best_vs_rest":
+        return [(order[0], j) for j in order[1:]]
+    if strategy == "all_pairs":
+        return [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+    return list(zip(order, order[1:]))
+
+
+def prefers(difference: float, min_margin: float) -> bool:
+    """A score difference that makes a pair: above zero (ties never pair) and at least min_margin."""
+    return difference > 0 and difference >= min_margin

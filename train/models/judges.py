@@ -44,9 +44,10 @@ class RuleJudge:
 
 
 class RewardModelJudge:
-    def __init__(self, model, tokenizer, batch_size: int, max_length: int, progress: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int, max_length: int, progress: bool = False,
+                 desc: str = "eval: judging"):
         self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
-        self.progress = progress  # a tqdm bar over batches (the main process's)
+        self.progress, self.desc = progress, desc  # a tqdm bar over batches (the main process's), and its label
 
     def render(self, prompt, response: str) -> str:
         if isinstance(prompt, list):
@@ -64,7 +65,7 @@ class RewardModelJudge:
         templated = bool(prompts) and isinstance(prompts[0], list)
         rewards: dict[str, float] = {}
         starts = range(0, len(unique), self.batch_size)
-        for start in tqdm(starts, desc="eval: judging", unit="batch", disable=not self.progress or not starts):
+        for start in tqdm(starts, desc=self.desc, unit="batch", disable=not self.progress or not starts):
             chunk = unique[start : start + self.batch_size]
             batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
                                    max_length=self.max_length, add_special_tokens=not templated).to(self.model.device)
@@ -79,49 +80,58 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"judge.kind={judge.kind}: choose one of {', '.join(KINDS)} (judge=<name> picks one)")
     # A missing name_or_path is refused by check_reward_model, before training: an option must compose and pass
     # these checks on its own (tests/test_config.py), as data=custom does without its required data.source.
-    if judge.kind != "reward_model" or not judge.name_or_path:
+    if judge.kind == "reward_model":
+        check_reward_model_settings(judge)
+
+
+def check_reward_model_settings(judge: DictConfig, key: str = "judge") -> None:
+    """Reads no file: a local name_or_path is a directory, and sizes that can score anything."""
+    if not judge.name_or_path:
         return
     name = judge.name_or_path
     if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"judge.name_or_path={name}: no such directory; give a reward model directory or a hub id")
+        raise ConfigError(f"{key}.name_or_path={name}: no such directory; give a reward model directory or a hub id")
     if judge.batch_size < 1 or judge.max_length < 2:
-        raise ConfigError(f"judge.batch_size={judge.batch_size}, judge.max_length={judge.max_length}: "
+        raise ConfigError(f"{key}.batch_size={judge.batch_size}, {key}.max_length={judge.max_length}: "
                           "must be >= 1 and >= 2")
 
 
 def check_reward_model(cfg: DictConfig) -> None:
     """Before training, what would otherwise fail at evaluation, after it: the reward model's config (one
     label) and tokenizer (a chat template for chat data). Reads no weights."""
-    if cfg.judge.kind != "reward_model":
-        return
-    judge = cfg.judge
-    if not judge.name_or_path:  # conf/judge/reward_model.yaml's `???` leaves the schema's null in place
-        raise ConfigError("judge.name_or_path is required by judge=reward_model: give a reward model directory or "
+    if cfg.judge.kind == "reward_model":
+        check_reward_model_spec(cfg.judge, cfg.data.conversational)
+
+
+def check_reward_model_spec(judge: DictConfig, conversational: bool, key: str = "judge") -> None:
+    """check_reward_model for any group holding JudgeConfig's fields (judge, labeler); `key` names it in errors."""
+    if not judge.name_or_path:  # conf/<group>/reward_model.yaml's `???` leaves the schema's null in place
+        raise ConfigError(f"{key}.name_or_path is required by {key}=reward_model: give a reward model directory or "
                           "hub id")
     try:
         config = AutoConfig.from_pretrained(judge.name_or_path, revision=judge.revision,
                                             trust_remote_code=judge.trust_remote_code)
     except (OSError, ValueError) as err:  # hub unreachable, gated, not a model directory
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its config "
+        raise ConfigError(f"{key}.name_or_path={judge.name_or_path}: could not load its config "
                           f"({first_line(err)})") from err
     if config.num_labels != 1:
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: a classifier with {config.num_labels} labels; "
+        raise ConfigError(f"{key}.name_or_path={judge.name_or_path}: a classifier with {config.num_labels} labels; "
                           "a reward model has one (its logit is the reward)")
-    load_judge_tokenizer(judge, cfg.data.conversational)
+    load_judge_tokenizer(judge, conversational, key)
 
 
-def load_judge_tokenizer(judge: DictConfig, conversational: bool):
+def load_judge_tokenizer(judge: DictConfig, conversational: bool, key: str = "judge"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(judge.name_or_path, revision=judge.revision,
                                                   trust_remote_code=judge.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path}: could not load its tokenizer "
+        raise ConfigError(f"{key}.name_or_path={judge.name_or_path}: could not load its tokenizer "
                           f"({first_line(err)})") from err
     if judge.chat_template is not None:
         tokenizer.chat_template = resolve_chat_template(judge.chat_template)
     if conversational and tokenizer.chat_template is None:
-        raise ConfigError(f"judge.name_or_path={judge.name_or_path} has no chat template but data.conversational=true: "
-                          "set judge.chat_template (e.g. chatml) or data.conversational=false")
+        raise ConfigError(f"{key}.name_or_path={judge.name_or_path} has no chat template but data.conversational=true: "
+                          f"set {key}.chat_template (e.g. chatml) or data.conversational=false")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Past max_length, cut the start of the prompt: the end holds the sample being judged.
@@ -136,13 +146,19 @@ def load_judge(cfg: DictConfig, device: torch.device, progress: bool = False) ->
         return None
     if judge.kind in JUDGES:
         return RuleJudge(JUDGES[judge.kind])
-    tokenizer = load_judge_tokenizer(judge, cfg.data.conversational)
+    return load_reward_model(judge, cfg.data.conversational, device, progress)
+
+
+def load_reward_model(judge: DictConfig, conversational: bool, device: torch.device, progress: bool = False,
+                      key: str = "judge", desc: str = "eval: judging") -> RewardModelJudge:
+    """A reward model from any group holding JudgeConfig's fields (judge, labeler), loaded whole onto `device`."""
+    tokenizer = load_judge_tokenizer(judge, conversational, key)
     model = AutoModelForSequenceClassification.from_pretrained(
         judge.name_or_path, dtype=judge.dtype, revision=judge.revision, trust_remote_code=judge.trust_remote_code,
     ).to(device).eval()
     if model.config.pad_token_id is None:  # it finds each row's last token by the pad id
         model.config.pad_token_id = tokenizer.pad_token_id
-    return RewardModelJudge(model, tokenizer, judge.batch_size, judge.max_length, progress)
+    return RewardModelJudge(model, tokenizer, judge.batch_size, judge.max_length, progress, desc)
 
 
 def describe(cfg: DictConfig) -> Optional[str]:

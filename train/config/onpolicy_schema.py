@@ -1,0 +1,65 @@
+"""Typed settings of the on-policy preference rounds' building blocks: where prompts come from (PromptsSpec,
+read by train/data/prompts.py) and what labels the sampled answers (LabelerKind; LabelerConfig in schema.py).
+
+Kept apart from schema.py, which stays under the module size limit; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class LabelerKind(enum.Enum):
+    """labeler.kind: what scores each sampled answer (train/models/labelers.py)."""
+
+    none = "none"  # no labeler configured
+    reward_model = "reward_model"  # a sequence classifier with one label, as judge=reward_model
+    sentiment = "sentiment"  # a rule of train/data JUDGES (the synthetic task's lexicon)
+    annotations = "annotations"  # human labels: reserved, refused until an annotation source exists
+
+
+@dataclass
+class PromptTemplateSpec:
+    """Prompts written from a template: each `{slot}` filled from its values, a seeded sample of the distinct
+    combinations (`{{` and `}}` write literal braces)."""
+
+    template: Optional[str] = None  # e.g. "Write a {tone} review of {product}"; null: no template prompts
+    values: dict[str, list[str]] = field(default_factory=dict)  # slot -> its values, e.g. {tone: [warm, harsh]}
+    values_file: Optional[str] = None  # a .csv/.jsonl/.json/.parquet table: each column a slot, its cells the values
+    count: Optional[int] = None  # prompts to write (at most the number of combinations); null: every combination
+
+
+@dataclass
+class PromptSqlSpec:
+    """Prompts read from a database with a query (datasets.Dataset.from_sql)."""
+
+    url: Optional[str] = None  # a SQLite file path, or any SQLAlchemy URL (needs sqlalchemy and the driver)
+    query: Optional[str] = None  # e.g. "SELECT text FROM prompts"
+    column: Optional[str] = None  # the result column holding the prompt; null: the query's only column
+    count: Optional[int] = None  # a seeded random sample of this many rows; null: every row
+
+
+@dataclass
+class PromptMixSpec:
+    """Each source's share of prompts.max_prompts (relative weights; they need not sum to 1). A source left
+    null takes no prompts; its prompts are still counted in the report."""
+
+    data: Optional[float] = None
+    files: Optional[float] = None
+    templates: Optional[float] = None
+    sql: Optional[float] = None
+
+
+@dataclass
+class PromptsSpec:
+    """Where the prompts of an on-policy round come from (train/data/prompts.py select_prompts)."""
+
+    data: bool = True  # the data group's own prompts
+    files: list[str] = field(default_factory=list)  # .jsonl/.json/.csv/.txt/.parquet (optionally .gz) files
+    column: str = "prompt"  # the field of a file's rows holding the prompt (text or chat messages)
+    templates: PromptTemplateSpec = field(default_factory=PromptTemplateSpec)
+    sql: PromptSqlSpec = field(default_factory=PromptSqlSpec)
+    mix: PromptMixSpec = field(default_factory=PromptMixSpec)  # needs max_prompts; none set: one pooled sample
+    max_prompts: Optional[int] = None  # prompts per round; null: every prompt of every source
