@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from train.data import chat, converters
+from train.data import chat, converters, custom
 from train.data.build import hold_out
 from train.data.loading import split_name
 from train.data.rows import present, render_plain
@@ -179,15 +179,15 @@ def test_ultrafeedback_keeps_multi_turn_history():
 def test_custom_columns_and_ranked_lists():
     cols = {"prompt": "q.text", "chosen": "good", "rejected": "bad", "responses": None, "scores": None}
     row = {"q": {"text": "Q?"}, "good": "yes", "bad": [BOT("no")]}
-    assert one(converters.convert_custom(row, {"columns": cols})) == {"prompt": "Q?", "chosen": "yes", "rejected": "no"}
+    assert one(custom.convert_custom(row, {"columns": cols})) == {"prompt": "Q?", "chosen": "yes", "rejected": "no"}
     chat_prompt = {"q": {"text": [USER("Q?")]}, "good": "yes", "bad": "no"}
-    assert one(converters.convert_custom(chat_prompt, {"columns": cols}))["prompt"] == [USER("Q?")]
+    assert one(custom.convert_custom(chat_prompt, {"columns": cols}))["prompt"] == [USER("Q?")]
     ranked_cols = {**cols, "prompt": "prompt", "responses": "answers", "scores": "votes"}
-    ranked = converters.convert_custom({"prompt": "P", "answers": ["x", "y", "z"], "votes": [1, 3, 2]},
+    ranked = custom.convert_custom({"prompt": "P", "answers": ["x", "y", "z"], "votes": [1, 3, 2]},
                                        {"columns": ranked_cols, **RANKING})
     assert ranked == [{"prompt": "P", "chosen": "y", "rejected": "x"}]
-    assert converters.convert_custom({"prompt": "P", "good": "a"}, {"columns": {**cols, "prompt": "prompt"}}).reason == "missing_field"
-    bad_score = converters.convert_custom({"prompt": "P", "answers": ["x", "y", "z"], "votes": [1, "high", 2]},
+    assert custom.convert_custom({"prompt": "P", "good": "a"}, {"columns": {**cols, "prompt": "prompt"}}).reason == "missing_field"
+    bad_score = custom.convert_custom({"prompt": "P", "answers": ["x", "y", "z"], "votes": [1, "high", 2]},
                                           {"columns": ranked_cols, **RANKING})
     assert bad_score[-1] == Fix("malformed", "score of answers[1]")
 

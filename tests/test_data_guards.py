@@ -81,5 +81,6 @@ def test_columns_that_do_not_match_the_file_are_named_with_what_it_has(root, tmp
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}", "data.columns.prompt=question"])
     with pytest.raises(ConfigError) as err:
         prepare(cfg, tokenizer)
-    assert str(err.value) == (f"data.columns.chosen=chosen: {source} has no column 'chosen'; its columns: question, good, "
-                              "bad; set data.columns.chosen=<one of them>")
+    assert str(err.value) == (f"data=custom: {source} has no column(s) chosen, rejected (its columns: question, good, "
+                              "bad); set data.columns.chosen=<column>, data.columns.rejected=<column>; or for two "
+                              "responses and a label: data.columns.responses=[<column>,<column>] data.columns.preferred=<column>")

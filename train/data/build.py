@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Optional
 from omegaconf import DictConfig
 
 from train.core.errors import ConfigError
+from train.data import custom
 from train.data.rows import present, prompt_key
 from train.data.sources import Source
 from train.data.validation import DropReason, Tally, check_pair, check_text, drop_fraction, length_outcomes, token_ids
@@ -120,26 +121,30 @@ def finish(rows: list[dict], tally: Tally, tokenizer, conversational: bool, max_
     return kept, [{f: v for f, v in r.items() if f != "_where"} for r, k in zip(presented, keep) if k]
 
 
-def check_columns_exist(columns: dict, available: list[str], source) -> None:
-    """A data.columns name the file lacks would drop every row as missing_field: name it, list what is there."""
-    used = ("prompt", "responses", "scores") if columns.get("responses") else ("prompt", "chosen", "rejected")
-    for field in used:
-        name = columns.get(field)
-        if name and name.split(".")[0] not in available:
-            raise ConfigError(f"data.columns.{field}={name}: {source} has no column {name.split('.')[0]!r}; its columns: "
-                              f"{', '.join(available)}; set data.columns.{field}=<one of them>")
+def count_unreadable(unreadable: dict[str, list[str]], split: str, tally: Tally) -> int:
+    """Lines of the source that did not parse (loading.py skipped them) are malformed rows of their split."""
+    for where in unreadable.get(split, []):
+        tally.add(DropReason("malformed", "unparsable line"), f"{split} {where}")
+    return len(unreadable.get(split, []))
 
 
-def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, lengths: dict) -> tuple[dict, dict]:
-    """-> ({sft, train_pairs, test_pairs, eval_prompts: rows}, report)."""
-    data, conversational = cfg.data, cfg.data.conversational
+def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, lengths: dict,
+          unreadable: Optional[dict[str, list[str]]] = None) -> tuple[dict, dict]:
+    """-> ({sft, train_pairs, test_pairs, eval_prompts: rows}, report). `unreadable`: split -> where lines of the
+    source could not be parsed (counted as malformed)."""
+    data, conversational, unreadable = cfg.data, cfg.data.conversational, unreadable or {}
     if data.train_split not in splits:
         raise ConfigError(f"data.train_split={data.train_split}: the source has splits {', '.join(sorted(splits))}")
+    has_test = bool(data.test_split and data.test_split in splits and data.test_split != data.train_split)
+    layout = None
     if source.uses_columns:
-        check_columns_exist(opts["columns"], splits[data.train_split].column_names, data.source)
+        used = [splits[data.train_split]] + ([splits[data.test_split]] if has_test else [])
+        columns, layout = custom.resolve(opts["columns"], used, data.source)
+        opts = {**opts, "columns": columns}
     tally = Tally()
+    bad_rows = {split: count_unreadable(unreadable, split, tally) for split in (data.train_split, data.test_split) if split}
     train = convert_rows(splits[data.train_split], source.convert, opts, tally, data.train_split)
-    if data.test_split and data.test_split in splits and data.test_split != data.train_split:
+    if has_test:
         test, test_desc = convert_rows(splits[data.test_split], source.convert, opts, tally, data.test_split), data.test_split
     else:
         train, test = hold_out(train, data.test_fraction, cfg.seed)
@@ -171,8 +176,9 @@ def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, 
     report = {
         "name": data.name,
         "source": f"{data.name} ({data.source})" if data.get("source") else data.name,
-        "rows": {"train": len(splits[data.train_split]),
-                 "test": len(splits[data.test_split]) if test_desc == data.test_split else 0},
+        "rows": {"train": len(splits[data.train_split]) + bad_rows[data.train_split],
+                 "test": len(splits[data.test_split]) + bad_rows[data.test_split] if has_test else 0},
+        "layout": layout,
         "pairs": {"train": len(train), "test": len(test)},
         "test_split": test_desc,
         "eval_prompts": len(eval_prompts),

@@ -3,7 +3,8 @@
 data.source is
   a hub id (owner/name)      datasets.load_dataset(id, name=data.subset, data_dir=data.data_dir,
                              revision=data.revision): every split the repository has;
-  a local file or hf:// URL  one .jsonl/.json/.parquet/.csv file (optionally .gz): split "train";
+  a local file or hf:// URL  one .jsonl/.json/.parquet/.csv file (optionally .gz): split "train"; lines of a
+                             local .jsonl (or CSV rows) that do not parse are left out and counted (lines.py);
   a local directory          every such file below it; the split is the file name without its shard
                              suffix and extension (train.jsonl, test-00000-of-00001.parquet,
                              train_prefs.jsonl), so a copy of a hub repository keeps its split names.
@@ -11,6 +12,7 @@ data.source is
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from train.core.errors import ConfigError
 from train.core.files import memoized_sha256
 from train.core.paths import looks_like_local_path
+from train.data.lines import without_bad_rows
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
@@ -65,8 +68,28 @@ def local_files(source: str) -> dict[str, list[str]]:
     return splits
 
 
-def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F821
-    """split name -> native rows (a datasets.Dataset), each capped at data.max_rows."""
+def load_files(fmt: str, files: list[str], split: str, skipped: dict) -> "datasets.Dataset":  # noqa: F821
+    """One split's files; when a few rows do not parse, the rest (where the others were goes into `skipped`)."""
+    # datasets logs a failed parse as an error before raising; a row skipped below is counted in the report instead.
+    builder_log = logging.getLogger(f"datasets.packaged_modules.{fmt}.{fmt}")
+    level = builder_log.level
+    try:
+        builder_log.setLevel(logging.CRITICAL)
+        return datasets.load_dataset(fmt, data_files=files, split="train")
+    except Exception:
+        salvaged = without_bad_rows(fmt, files)
+        if salvaged is None:
+            raise
+        skipped[split] = salvaged[1]
+        return salvaged[0]
+    finally:
+        builder_log.setLevel(level)
+
+
+def read_source(data: DictConfig) -> tuple[dict[str, "datasets.Dataset"], dict[str, list[str]]]:  # noqa: F821
+    """(split name -> native rows (a datasets.Dataset), each capped at data.max_rows; split name -> where
+    lines that could not be parsed were: lines.py left them out, the report counts them)."""
+    skipped: dict = {}
     if OmegaConf.is_missing(data, "source") or data.source is None:
         raise ConfigError(f"data.source is required by data={data.name}: give a hub id, a file or a directory")
     source = str(data.source)
@@ -83,8 +106,9 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
             fmt = formats.pop()
             # One split at a time: datasets would cast every split to the types inferred from the first,
             # and a column that is all null in one split (summarize_from_feedback's info.article) breaks that.
-            loaded = {name: datasets.load_dataset(fmt, data_files=files, split="train") for name, files in splits.items()}
+            loaded = {name: load_files(fmt, files, name, skipped) for name, files in splits.items()}
             if len(loaded) == 1:  # one file (or one kind of file) is the training split, whatever the hub calls it
+                skipped = {data.train_split: skipped[name] for name in skipped}
                 loaded = {data.train_split: next(iter(loaded.values()))}
         elif looks_like_path(source):
             raise ConfigError(f"data.source={source}: no such file or directory")
@@ -97,7 +121,8 @@ def read_source(data: DictConfig) -> dict[str, "datasets.Dataset"]:  # noqa: F82
         raise ConfigError(f"data.source={source}: could not load it ({describe(err)}){hint}") from err
     if data.max_rows is not None:
         loaded = {name: ds.select(range(min(len(ds), data.max_rows))) for name, ds in loaded.items()}
-    return dict(loaded)
+        skipped = {name: [(where, before) for where, before in lines if before < data.max_rows] for name, lines in skipped.items()}
+    return dict(loaded), {name: [where for where, _ in lines] for name, lines in skipped.items()}
 
 
 def describe(err: BaseException) -> str:

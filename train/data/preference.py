@@ -96,13 +96,14 @@ def generate_synthetic(cfg: DictConfig, root: Path) -> dict[str, str]:
     return files
 
 
-def read_native(cfg: DictConfig) -> dict:
-    """split -> native rows: the generated task, or the configured source through the datasets library."""
+def read_native(cfg: DictConfig) -> tuple[dict, dict]:
+    """(split -> native rows: the generated task, or the configured source through the datasets library;
+    split -> where lines of the source did not parse)."""
     if cfg.data.name == "synthetic":
         files = generate_synthetic(cfg, Path(cfg.output_root) / "data")
         # Split names as conf/data/synthetic.yaml refers to them (train_split, test_split, ...).
         names = {"train_pairs": "train", "test_pairs": "test", "sft": "sft", "eval_prompts": "eval_prompts"}
-        return {names[s]: datasets.load_dataset("json", data_files=p, split="train") for s, p in files.items()}
+        return {names[s]: datasets.load_dataset("json", data_files=p, split="train") for s, p in files.items()}, {}
     return read_source(cfg.data)
 
 
@@ -170,7 +171,8 @@ def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
     with FileLock(f"{directory}.lock"):
         if not readable_report(report_path):  # absent, or damaged (then converted again)
             try:
-                rows, report = build(cfg, source, opts, read_native(cfg), tokenizer, lengths)
+                native, unreadable = read_native(cfg)
+                rows, report = build(cfg, source, opts, native, tokenizer, lengths, unreadable)
             except UnicodeDecodeError as err:  # datasets decodes text columns lazily, row by row
                 raise ConfigError(f"data.source={cfg.data.source}: not UTF-8 text ({err.reason}: byte "
                                   f"{err.object[err.start:err.start + 1]!r}); re-save the file as UTF-8") from err

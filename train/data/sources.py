@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.schema import ColumnsSpec, RankingSpec
 from train.core.errors import ConfigError
-from train.data import chat, converters
+from train.data import chat, converters, custom
 from train.data.ranking import STRATEGIES
 
 
@@ -37,9 +37,9 @@ SOURCES: dict[str, Source] = {
     "hh_rlhf": Source(chat.convert_hh_rlhf),
     "ultrafeedback_binarized": Source(chat.convert_ultrafeedback, convert_sft=chat.convert_ultrafeedback_sft),
     "shp": Source(converters.convert_shp, {"min_score_ratio": None}),
-    "custom": Source(converters.convert_custom, ranked=True, uses_columns=True),
+    "custom": Source(custom.convert_custom, ranked=True, uses_columns=True),
     # The embedded task's generated rows are already {prompt, chosen, rejected}.
-    "synthetic": Source(converters.convert_custom, uses_columns=True),
+    "synthetic": Source(custom.convert_custom, uses_columns=True),
 }
 # The schema's defaults (one source): a source that does not read data.ranking / data.columns refuses a change.
 DEFAULT_COLUMNS = dataclasses.asdict(ColumnsSpec())
@@ -80,12 +80,28 @@ def resolve_options(data: DictConfig) -> dict[str, Any]:
     return opts
 
 
-def check_columns(columns: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
-    if columns["responses"] or columns["scores"]:
-        if not (columns["responses"] and columns["scores"]):
-            raise ConfigError("data.columns.responses and data.columns.scores go together: set both, or neither")
+def check_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """The data.columns layouts (train/data/custom.py): chosen/rejected, or responses with scores or preferred."""
+    responses, scores, preferred = columns["responses"], columns["scores"], columns["preferred"]
+    if responses is not None:
+        if isinstance(responses, list) and len(responses) < 2:
+            raise ConfigError(f"data.columns.responses={responses}: list two or more columns, or name one list column")
+        if not (scores or preferred):
+            raise ConfigError("data.columns.responses and data.columns.scores go together: set both, or set "
+                              "data.columns.preferred (the column naming the preferred response) instead of scores")
+        if scores and preferred:
+            raise ConfigError("data.columns.scores and data.columns.preferred: set one (scores rank, a label picks)")
+        if columns["prompt"] is None:
+            raise ConfigError("data.columns.prompt=null (prompt shared by whole conversations) reads chosen/rejected; "
+                              "with data.columns.responses name the prompt column")
+    elif scores or preferred:
+        which = "scores" if scores else "preferred"
+        raise ConfigError(f"data.columns.{which} goes with data.columns.responses: set the response columns, "
+                          "e.g. data.columns.responses=[response_a,response_b]")
     elif not (columns["chosen"] and columns["rejected"]):
-        raise ConfigError("data.columns: set chosen and rejected, or responses and scores")
-    if not columns["prompt"]:
-        raise ConfigError("data.columns.prompt: name the prompt column")
+        raise ConfigError("data.columns: set chosen and rejected, or responses with scores or preferred")
+    if columns["preferred_base"] not in (None, 0, 1):
+        raise ConfigError(f"data.columns.preferred_base={columns['preferred_base']}: 0 (first response is 0) or 1")
+    if columns["preferred_base"] is not None and not preferred:
+        raise ConfigError("data.columns.preferred_base: only index labels of data.columns.preferred read it; remove it")
     return columns

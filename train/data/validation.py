@@ -205,6 +205,8 @@ def format_report(report: dict) -> str:
         f"{nonzero(report['dropped'])}",
         f"  filtered by the source's rules: {nonzero(report['filtered'])}; fixed: {nonzero(report['fixed'])}",
     ]
+    if report.get("layout"):  # a layout read from the file's columns, not named in the config: say which
+        lines.insert(1, f"  layout: {report['layout']}")
     if sum(sft["dropped"].values()):
         lines.append(f"  sft rows dropped: {nonzero(sft['dropped'])}")
     return "\n".join(lines)
@@ -223,7 +225,19 @@ def threshold_message(report: dict, need_test: bool = True) -> Optional[str]:
     considered = dropped + report["pairs"]["train"] + report["pairs"]["test"]
     return (
         f"data={report['name']}: {dropped} of {considered} pairs dropped ({fraction:.1%} > "
-        f"data.max_drop_fraction={limit}): {nonzero(report['dropped'])}; fix the source or raise "
-        f"data.max_drop_fraction"
+        f"data.max_drop_fraction={limit}): {nonzero(report['dropped'])}; {drop_fix(report)}"
     )
+
+
+# Reasons that dpo.args.max_length decides, not the data: raising the drop limit would only train on fewer pairs.
+LENGTH_REASONS = ("prompt_too_long", "response_truncated_away")
+
+
+def drop_fix(report: dict) -> str:
+    """What to change when too much was dropped: the length limit when that is what dropped most, else the data."""
+    dropped = report["dropped"]
+    if max(dropped, key=dropped.get) in LENGTH_REASONS and report.get("max_length"):
+        return (f"mostly too long for dpo.args.max_length={report['max_length']} tokens (prompt + response): "
+                "raise dpo.args.max_length")
+    return "fix the source or raise data.max_drop_fraction"
 
