@@ -4,6 +4,7 @@
     python launch/bench.py --quick         # seconds-scale sizes, 1 round (what the tests run); or BENCH_QUICK=1
     python launch/bench.py --only steps    # one part: steps, sweep, rss or profiles
     python launch/bench.py --only profiles # the DPO step at TL;DR / UltraFeedback / HH-RLHF lengths (issue 14)
+    python launch/bench.py --only generate # on-policy sampling (N answers per prompt) against generate()
     python launch/bench.py --ablate        # also: each project default against its alternative, alternated
     python launch/bench.py --profile       # also: torch.profiler over the project's DPO step (where time goes)
     python launch/bench.py --rss-scale     # also: the ZeRO-3 RSS comparison on a ~155M-parameter model
@@ -23,6 +24,8 @@ Prints a table, then as its LAST line one JSON object (issue 7):
   profiles          per length profile (tldr, ultrafeedback, hh; launch/bench_profiles.py), at a 32k vocabulary:
                     vs_trl_default, vs_trl_tuned (pairs/s ratios, medians of alternated rounds), ref_pass_speedup,
                     padding_fraction, peak_memory_ratio (launch/bench_profile_runs.py; full mode, or --only profiles).
+  generate          per length profile, at a 32k vocabulary: answers/s of train/models/generation.py sample_answers
+                    / answers/s of model.generate(num_return_sequences=4) (launch/bench_generate.py; --only generate).
 plus the machine, thread counts, versions, rounds and every side's raw figures under `details`.
 
 This file is the command line; the parts live in launch/bench_steps.py (in this process: DPO steps, --ablate,
@@ -47,6 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script (`python launch/bench.py`): `launch` and `train` from this checkout
 
+from launch.bench_generate import QUICK as GENERATE_QUICK, generation  # noqa: E402
 from launch.bench_profile_runs import profiles  # noqa: E402
 from launch.bench_runs import format_rows, rss_ratio, sweep_cost  # noqa: E402
 from launch.bench_setup import FULL, QUICK, RSS_SCALE  # noqa: E402
@@ -59,7 +63,7 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform(),
-            # RSS depends on the allocator: glibc's malloc keeps freed memory that jemalloc returns (README, Throughput).
+            # RSS depends on the allocator: glibc's malloc keeps freed memory that jemalloc returns (docs/throughput.md).
             "malloc": os.environ.get("LD_PRELOAD") or "glibc"}
 
 
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--rounds", type=int, help="rounds of alternating DPO-step measurements (default 5, quick 1)")
-    parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile", "profiles"), action="append", help="run only these parts")
+    parser.add_argument("--only", choices=("steps", "sweep", "rss", "rss_scale", "ablate", "profile", "profiles", "generate"), action="append", help="run only these parts")
     parser.add_argument("--ablate", action="store_true", help="also measure each project default against its alternative")
     parser.add_argument("--profile", action="store_true", help="also profile the project's DPO step (torch.profiler)")
     parser.add_argument("--rss-scale", action="store_true", help="also compare RSS per rank, zero3 vs none, at ~155M parameters")
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
         # --quick: one round, one vocabulary, 2 pairs a step; a smoke run of the part, not a measurement.
         details["profiles"] = profiles({"rounds": 1, "vocabs": [None], "batch": 2} if opts.quick else {}, root)
         result["profiles"] = details["profiles"]["profiles"]
+    if "generate" in parts:
+        details["generate"] = generation({**(GENERATE_QUICK if opts.quick else {}),
+                                          **({"rounds": opts.rounds} if opts.rounds else {})}, root)
+        result["generate"] = details["generate"]["speedup"]
     if "rss_scale" in parts:
         scale = {**sizes, **RSS_SCALE}
         details["rss_scale"] = rss_ratio(scale, root, name="rss_scale")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from launch.bench_generate import generation_rows
 from launch.bench_profile_runs import profile_rows
 from launch.bench_setup import REPO, compose, data_overrides, model_overrides
 from train.models.loading import ensure_base_model
@@ -184,6 +185,8 @@ def format_rows(result: dict) -> str:
             f"{r['import_rss_mb']:.0f} MB; above the imports: ratio {r['above_imports_ratio']:.2f}"]
     if "profiles" in d:
         lines += profile_rows(d["profiles"])
+    if "generate" in d:
+        lines += generation_rows(d["generate"])
     lines += ["", f"  dpo_step_ratio {fmt(result['dpo_step_ratio'])} (target >= 1.3)   sweep_cost_ratio "
               f"{fmt(result['sweep_cost_ratio'])} (<= 0.65)   mfu {fmt(result['mfu'])} (>= 0.4)   zero3_rss_ratio "
               f"{fmt(result['zero3_rss_ratio'])} (<= 0.7)"
