@@ -59,7 +59,9 @@ def coerce(value: Any, hint: Any, where: str, owner: str) -> Any:
                 continue
             if matches(converted, hint):
                 return converted
-    raise ConfigError(f"{where}={value!r}: {owner} expects {describe(hint)}")
+    # A bare value where a list is expected (dpo.args.loss_type=ipo; TRL's loss_type is a list): the fix, spelled out.
+    fix = f"; use {where}=[{value}]" if not isinstance(value, (list, dict)) and matches([value], hint) else ""
+    raise ConfigError(f"{where}={value!r}: {owner} expects {describe(hint)}{fix}")
 
 
 def matches(value: Any, hint: Any) -> bool:

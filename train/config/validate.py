@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.schema import REFERENCE_PLACEMENTS, STAGES
-from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.config.trainer_args import build_dpo_config, build_reward_config, build_sft_config
 from train.config.typecheck import check_known_keys
 from train.core.errors import ConfigError
 from train.core.paths import looks_like_local_path
@@ -51,10 +51,42 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("faults.max_bad_steps must be >= 1 and faults.collective_timeout_s >= 10")
     if cfg.eval.enabled and cfg.eval.num_prompts <= 0:
         raise ConfigError(f"eval.num_prompts={cfg.eval.num_prompts}: must be > 0, or set eval.enabled=false")
+    check_data_fractions(cfg.data)
     # The trainers' real configs, DeepSpeed dict included: what TRL and transformers refuse, refused now.
     with single_process_view():
-        build_sft_config(cfg, Path("/nonexistent/validate-only"))
-        build_dpo_config(cfg, Path("/nonexistent/validate-only"))
+        sft_args = build_sft_config(cfg, Path("/nonexistent/validate-only"))
+        dpo_args = build_dpo_config(cfg, Path("/nonexistent/validate-only"))
+        reward_args = build_reward_config(cfg, Path("/nonexistent/validate-only"))
+    for stage, args in (("sft", sft_args), ("dpo", dpo_args), ("reward", reward_args)):
+        if cfg[stage].enabled:
+            check_training_length(stage, args)
+    if cfg.stage == "reward" and not cfg.reward.enabled:
+        raise ConfigError("stage=reward with reward.enabled=false: nothing to train; set reward.enabled=true")
+
+
+def check_data_fractions(data: DictConfig) -> None:
+    # The held-out slice takes at least one prompt and leaves at least one (train/data/build.py hold_out), so
+    # 0 is no "no split" and 1.5 left one training prompt: only a share strictly between 0 and 1 means what it says.
+    if not 0 < data.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction={data.test_fraction}: the share of prompts held out for testing must be "
+                          "between 0 and 1 (exclusive), e.g. data.test_fraction=0.05")
+    if not 0 <= data.max_drop_fraction <= 1:
+        raise ConfigError(f"data.max_drop_fraction={data.max_drop_fraction}: a share of pairs, must be between 0 and 1, "
+                          "e.g. data.max_drop_fraction=0.05")
+
+
+TYPICAL_LEARNING_RATE = {"sft": "1e-5", "dpo": "5e-7"}  # as in conf/recipe/real_model.yaml
+
+
+def check_training_length(stage: str, args) -> None:
+    """Values TRL and transformers accept but that train nothing (learning_rate=0 trained the whole run
+    unchanged, and warned only at the end) or fail at the first step (a negative learning rate)."""
+    if args.learning_rate <= 0:
+        typical = f" (pretrained models: about {TYPICAL_LEARNING_RATE[stage]})" if stage in TYPICAL_LEARNING_RATE else ""
+        raise ConfigError(f"{stage}.args.learning_rate={args.learning_rate:g}: must be > 0{typical}")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:  # max_steps <= 0 means "count by epochs"
+        raise ConfigError(f"{stage}.args.num_train_epochs={args.num_train_epochs:g}: must be > 0 (or set "
+                          f"{stage}.args.max_steps=<steps> > 0)")
 
 
 def check_beta(beta: DictConfig) -> None:

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from train import data
 from train.config.validate import validate
 from train.models import adapters, judges
-from train.models.loading import check_attention, resolve_chat_template
+from train.models.loading import check_attention, check_model_directory, resolve_chat_template
 from train.pipeline import recommend
 from train.pipeline.memory_check import check_memory_plan
 from train.runtime.hub import check_push_to_hub
@@ -23,6 +23,7 @@ def check_config(cfg: DictConfig) -> None:
     judges.check_config(cfg)
     validate(cfg)
     check_attention(cfg.model)
+    check_model_directory(cfg.model)
     layouts.check(cfg)
     recommend.check(cfg.search.metric, cfg.report.kl_budget)
     adapters.check_lora_settings(cfg)
