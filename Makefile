@@ -14,11 +14,12 @@ BETAS ?= 0.05,0.1,0.5
 TRIALS ?= 8
 LR ?=
 WAIT ?=
-.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm search search-slurm submit slurm-up slurm-down bench gpu-check plan
+ANNOTATE_PORT ?= 8089
+.PHONY: help setup train dry-run test test-fast clean sweep sweep-slurm search search-slurm submit slurm-up slurm-down annotate-up annotate-down bench gpu-check plan
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes> NODES= NPROC_PER_NODE= BETAS= TRIALS= LR= WAIT=1 GPUS_PER_NODE= GPU_MEMORY_GB="
+	@echo "  variables: ARGS=\"<hydra overrides>\" NPROC=<processes> ACCELERATE_CONFIG=<accelerate config file for NPROC=2+> NODES= NPROC_PER_NODE= BETAS= TRIALS= LR= WAIT=1 GPUS_PER_NODE= GPU_MEMORY_GB= ANNOTATE_PORT=8089"
 
 # torch first, pinned: on this CPU machine pip takes the local CPU build; on a GPU cluster the CUDA one.
 $(VENV)/.installed: pyproject.toml
@@ -30,12 +31,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install the project (done by every target)
 
+# The accelerate config of NPROC>1 runs; check_nproc.py refuses one the run would refuse, before any process starts.
 ACCELERATE_CONFIG ?= launch/accelerate/single_node.yaml
 # NPROC=1 is the plain single-process path; more processes go through `accelerate launch`.
 ifeq ($(NPROC),1)
 RUN := $(PY) -m train
 else
-RUN := $(PY) launch/check_nproc.py $(NPROC) && $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m train
+RUN := $(PY) launch/check_nproc.py $(NPROC) $(ACCELERATE_CONFIG) && $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m train
 endif
 
 train: $(VENV)/.installed ## run SFT -> DPO -> eval on the embedded default (ARGS="beta.value=0.2", NPROC=2)
@@ -74,6 +76,12 @@ slurm-up: ## start the local 2-node SLURM cluster (installs Debian's slurm + mun
 slurm-down: ## stop the local SLURM cluster
 	@bash launch/slurm/cluster.sh down
 
+annotate-up: ## start Label Studio for human labels at 127.0.0.1:ANNOTATE_PORT (installs it once; prints the token)
+	@ANNOTATE_PORT=$(ANNOTATE_PORT) bash launch/annotate/server.sh up
+
+annotate-down: ## stop that Label Studio (its data stays in outputs/annotate)
+	@ANNOTATE_PORT=$(ANNOTATE_PORT) bash launch/annotate/server.sh down
+
 bench: $(VENV)/.installed ## throughput vs TRL's DPO defaults: table, then one JSON line (ARGS=--quick: seconds)
 	$(PY) launch/bench.py $(ARGS)
 
@@ -89,7 +97,7 @@ test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
 	$(PY) -m pytest tests --durations=15 $(ARGS)
 
 test-fast: $(VENV)/.installed ## untagged tier: layers, config, refusals, pure functions, one in-process run (~6 min)
-	$(PY) -m pytest tests -m "not slow and not multiproc and not slurm" $(ARGS)
+	$(PY) -m pytest tests -m "not slow and not multiproc and not slurm and not annotate" $(ARGS)
 
 clean: ## remove outputs/ (runs, SFT cache, built models); keeps .venv
 	rm -rf outputs

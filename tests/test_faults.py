@@ -52,7 +52,7 @@ def test_crash_during_save_resumes_from_previous_complete_checkpoint(tmp_path):
     assert (checkpoints / "checkpoint-4" / "COMPLETE").exists()
     assert (checkpoints / "checkpoint-8" / "trainer_state.json").exists()  # files written ...
     assert not (checkpoints / "checkpoint-8" / "COMPLETE").exists()  # ... but never completed
-    proc = run_train(*SHORT, output_root=tmp_path)
+    proc = run_train(*SHORT, "checkpoint.keep_at_end=all", output_root=tmp_path)  # finished: all kept to look at
     assert "resume: ignoring incomplete checkpoint" in proc.stdout and "checkpoint-8" in proc.stdout
     results = read_results(proc)
     assert results["dpo"]["resumed_from"].endswith("checkpoint-4") and results["dpo"]["steps"] == 8

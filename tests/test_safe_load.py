@@ -123,7 +123,9 @@ def copy_of_stopped_run(runs, name: str) -> Path:
 
 def rerun(runs, run_dir: Path, **kwargs):
     root, _ = runs
-    return run_train(*SHORT, f"hydra.run.dir={run_dir}", output_root=root, check=False, **kwargs)
+    # checkpoint.keep_at_end=all: the finished run's checkpoints stay, to look at
+    return run_train(*SHORT, f"hydra.run.dir={run_dir}", "checkpoint.keep_at_end=all", output_root=root, check=False,
+                     **kwargs)
 
 
 def resume_lines(proc) -> list[str]:

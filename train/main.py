@@ -18,12 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from train.config.compose import CONFIG_DIR, compose, register, sweep_combinations
+from train.config.compose import CONFIG_DIR, compose_overrides, register, sweep_combinations
+from train.config.overrides import command_overrides, is_inspect_flag, with_appended
 from train.config.validate import check_override_secrets
-from train.core.cli import EXIT_INTERRUPTED, EXIT_STOPPED, fail
+from train.core.cli import EXIT_INTERRUPTED, EXIT_STOPPED, fail, fail_on_main_process
 from train.core.errors import ConfigError, Preempted, TrainingAborted
 from train.core.files import read_json
 from train.core.storage import storage_problem, unwritable
+from train.runtime.run_output import run_output
 from train.runtime.slurm import run_on_this_node, submitit_job_environment
 
 register()
@@ -44,23 +46,24 @@ def hydra_main(cfg: DictConfig) -> dict | float | None:
         if slurm_job.global_rank == 0 and results is not None:
             print(f"results: {run_dir / 'results.json'}", flush=True)
         return job_return(cfg, hydra_cfg, results)
-    try:
-        results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
-    except (ConfigError, TrainingAborted) as err:
-        close_progress_bars()  # the error line starts a line of its own
-        fail(str(err))
-    except Preempted as stop:
-        print(f"stopped: {stop}", flush=True)
-        # Rerun to resume; 0 once the scheduler has requeued the job.
-        sys.exit(0 if stop.requeued else EXIT_STOPPED)
-    except Exception as err:  # a full or read-only disk is the user's to fix: one line, not a traceback
-        problem = storage_problem(err, Path(cfg.output_root))
-        if problem is None:
-            raise
-        close_progress_bars()
-        fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
-    if not cfg.dry_run and (run_dir / "results.json").exists():
-        print(f"results: {run_dir / 'results.json'}", flush=True)
+    with run_output(run_dir):  # <run dir>/run.log, and no empty run directory left by a refused start
+        try:
+            results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
+        except (ConfigError, TrainingAborted) as err:
+            close_progress_bars()  # the error line starts a line of its own
+            fail(str(err))
+        except Preempted as stop:
+            print(f"stopped: {stop}", flush=True)
+            # Rerun to resume; 0 once the scheduler has requeued the job.
+            sys.exit(0 if stop.requeued else EXIT_STOPPED)
+        except Exception as err:  # a full or read-only disk is the user's to fix: one line, not a traceback
+            problem = storage_problem(err, Path(cfg.output_root))
+            if problem is None:
+                raise
+            close_progress_bars()
+            fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
+        if not cfg.dry_run and (run_dir / "results.json").exists():
+            print(f"results: {run_dir / 'results.json'}", flush=True)
     return job_return(cfg, hydra_cfg, results)
 
 
@@ -76,39 +79,34 @@ def job_return(cfg: DictConfig, hydra_cfg, results: dict | None) -> dict | float
     return value
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose and check before Hydra does: its multi-line composition errors become one line, and a bad
-    config (or a secret on the command line) fails before Hydra writes a run directory or multirun.yaml.
-    A multirun is checked for every combination it will run."""
-    from train.pipeline.checks import check_config  # deferred: see main()
-
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    if multirun and any(a in ("-c", "--cfg", "-i", "--info") or a.startswith("--cfg=") for a in argv):
-        fail("-m cannot be combined with --cfg or --info (Hydra runs one mode at a time): drop -m to see the "
-             "config of one job of the sweep")
-    if any(a.startswith("-") for a in argv if a not in ("-m", "--multirun")):  # --cfg, --help, --info: Hydra's own
-        return
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
+def precheck(argv: list[str]) -> list[str]:
+    """Compose and check before Hydra does: its multi-line composition errors become one line, and a bad config
+    (or a secret on the command line) fails before Hydra writes a run directory or multirun.yaml; a multirun, for
+    every combination. Returns argv as Hydra must parse it: a key the config lacks as `+key=value`."""
+    multirun, inspect = any(a in ("-m", "--multirun") for a in argv), any(map(is_inspect_flag, argv))
     try:
+        if (overrides := command_overrides(argv)) is None:
+            return argv
         check_override_secrets(overrides)
-        for combination in sweep_combinations(overrides) if multirun else [overrides]:
-            cfg = compose(combination)
+        configs = [compose_overrides(c) for c in (sweep_combinations(overrides) if multirun else [overrides])]
+        for cfg, _ in [] if inspect else configs:  # --cfg and --info only print: no checks, no torch imports
+            from train.pipeline.checks import check_config  # deferred: see main()
+
             check_config(cfg)
-            problem = unwritable(Path(cfg.output_root))
-            if problem:
+            if problem := unwritable(Path(cfg.output_root)):
                 raise ConfigError(f"output_root={cfg.output_root}: {problem}; set output_root=<a writable directory>")
     except ConfigError as err:
-        fail(str(err))
+        fail_on_main_process(str(err))  # every process of a launch checks the same config: one line
+    return with_appended(argv, set().union(*(added for _, added in configs)))
 
 
 def main() -> None:
-    # The pipeline's imports (torch, transformers, TRL, DeepSpeed: seconds) are deferred to the functions
-    # that need them, so `--help` and `--cfg job` answer at once.
+    # The pipeline's imports (torch, transformers, TRL, DeepSpeed: seconds) are deferred: `--help` answers at once.
     from train.runtime.console import quiet_libraries
 
     try:
         quiet_libraries()
-        precheck(sys.argv[1:])
+        sys.argv[1:] = precheck(sys.argv[1:])
         hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: what is complete on disk is kept
         print("interrupted: stopped at once; complete checkpoints and files are kept; rerun to resume", flush=True)

@@ -7,10 +7,12 @@ import numbers
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from train.config.compose import CONFIG_DIR
 from train.core.ranks import is_main_process, num_machines, world_size
 from train.pipeline.plan import count, deepspeed_text
+from train.trainer.checkpoint import checkpoints
 
 NA = "n/a"  # a value results.json holds as null (no judge on real data, W&B off) or lacks (a stage not run)
 
@@ -30,7 +32,25 @@ def settings_lines(cfg: DictConfig, run_dir: Path, processes: int, machines: int
         f"  sft     {sft}",
         f"  dpo     {dpo}",
         f"  output  {run_dir}",
+        *filter(None, [real_model_hint(cfg)]),
     ]
+
+
+def real_model_hint(cfg: DictConfig) -> Optional[str]:
+    """A real model trained at the learning rates the sft and dpo groups tune for the tiny model (1e-3 and up:
+    a pretrained model's weights are wrecked in a few steps) gets a hint, not a refusal: they may be meant."""
+    if cfg.model.tiny is not None:
+        return None
+    toy = [f"{stage} {lr(cfg[stage].args)}" for stage in ("sft", "dpo") if cfg[stage].enabled
+           and cfg[stage].args.get("learning_rate") == group_default(stage).args.get("learning_rate")]
+    if not toy:
+        return None
+    return (f"hint: {', '.join(toy)}: the tiny model's learning rate{'s' if len(toy) > 1 else ''} (conf/sft, conf/dpo); for "
+            f"{cfg.model.name_or_path} add recipe=real_model (conf/recipe/real_model.yaml: a pretrained model's rates and lengths)")
+
+
+def group_default(stage: str) -> DictConfig:
+    return OmegaConf.load(Path(CONFIG_DIR) / stage / "default.yaml")
 
 
 def lr(args) -> str:
@@ -48,7 +68,8 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
     dpo, sft = results.get("dpo") or {}, results.get("sft") or {}
     held_out, runtime = dpo.get("held_out") or {}, results.get("runtime_s") or {}
     wandb = results.get("wandb") or {}
-    times = [f"{stage} {number(runtime.get(stage), '.1f')} s" for stage in ("sft", "dpo", "eval") if stage in runtime]
+    times = [f"{stage} {number(runtime.get(stage), '.1f')} s" for stage in ("sft", "dpo", "eval", "reward")
+             if stage in runtime]
     if sft.get("reused"):
         times.insert(0, "sft reused")
     policy = dpo.get("policy_path")
@@ -65,14 +86,42 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
         f"margin {number(held_out.get('rewards/margins'))}, loss {number(held_out.get('loss'), '.4f')}",
         f"  wall time         {', '.join(times) if times else NA}",
         f"  policy            {policy or NA}",
+        *([reward_text(results["reward"])] if results.get("reward") else []),
         f"  results.json      {run_dir / 'results.json'}",
         f"  eval samples      {existing(run_dir / 'eval_samples.jsonl')}",
         f"  W&B               {wandb_text(wandb)}",
+        f"  on disk           {disk_text(run_dir)}",
     ]
+
+
+def reward_text(reward: dict) -> str:
+    """stage=reward's line: how well the reward model ranks the held-out pairs, and where it is."""
+    return (f"  reward model      held-out accuracy {number(reward.get('held_out_accuracy'))} on "
+            f"{reward.get('num_pairs', NA)} pairs; {reward.get('path') or NA}")
 
 
 def existing(path: Path) -> str:
     return str(path) if path.exists() else NA
+
+
+def disk_text(run_dir: Path) -> str:
+    """What the run directory holds and its size: the policy, and the DPO checkpoints checkpoint.keep_at_end kept
+    (each a full model with optimizer state, the bulk of a finished run's disk)."""
+    kept = checkpoints(run_dir / "dpo")
+    names = f"{', '.join(p.name for p in kept)} ({megabytes(sum(map(disk_usage, kept)))}, with optimizer state)" \
+        if kept else "none"
+    prune = "; checkpoint.keep_at_end=none keeps only the policy" if kept else ""
+    return (f"run directory {megabytes(disk_usage(run_dir))}: policy {megabytes(disk_usage(run_dir / 'policy'))}, "
+            f"checkpoints {names} (checkpoint.keep_at_end){prune}")
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the files under `path` (0 if absent)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
 
 
 def wandb_text(wandb: dict) -> str:

@@ -26,6 +26,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 
+from train.config.schema import KeepAtEnd
 from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete
 from train.core.manifest import manifest_problem, write_manifest
@@ -102,6 +103,20 @@ def remove_checkpoints(directory: Path) -> None:
     for path in directory.iterdir() if directory.is_dir() else []:
         if path.is_dir() and CHECKPOINT.match(path.name.removesuffix(".damaged")):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_at_end(directory: Path, policy_dir: Path, keep: KeepAtEnd) -> list[Path]:
+    """A finished run's checkpoints in `directory` down to what checkpoint.keep_at_end keeps, only once the final
+    policy is complete (its COMPLETE marker, written after its files); returns the removed ones."""
+    if keep == KeepAtEnd.all or not is_complete(policy_dir):
+        return []
+    complete = [c for c in checkpoints(directory) if is_complete(c)]
+    kept = complete[-1:] if keep == KeepAtEnd.last else []
+    removed = [p for p in (directory.iterdir() if directory.is_dir() else [])
+               if p.is_dir() and CHECKPOINT.match(p.name.removesuffix(".damaged")) and p not in kept]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def find_resume_checkpoint(directory: Path, signature: dict[str, Any], allow_changes: bool,
