@@ -63,3 +63,36 @@ class PromptsSpec:
     sql: PromptSqlSpec = field(default_factory=PromptSqlSpec)
     mix: PromptMixSpec = field(default_factory=PromptMixSpec)  # needs max_prompts; none set: one pooled sample
     max_prompts: Optional[int] = None  # prompts per round; null: every prompt of every source
+
+
+class GenerateKind(enum.Enum):
+    """generate.kind: where the DPO pairs come from."""
+
+    none = "none"  # the data group's pairs (offline DPO)
+    on_policy = "on_policy"  # sampled from the model being tuned, labelled and paired, in rounds
+
+
+class RoundReference(enum.Enum):
+    """generate.reference: the DPO reference of rounds after the first."""
+
+    sft = "sft"  # the SFT model in every round: the KL of every round is to the same model
+    previous = "previous"  # the previous round's policy (each round is plain DPO from its start)
+
+
+@dataclass
+class GenerateConfig:
+    """On-policy preference rounds (train/pipeline/rounds.py): sample -> label -> pair -> DPO, `rounds` times."""
+
+    kind: GenerateKind = GenerateKind.none  # none: train on the data group's pairs; on_policy: make them
+    rounds: int = 1  # round k+1 samples from round k's policy and trains on from it
+    num_samples: int = 4  # answers per prompt from each model (at least 2: a pair needs two answers)
+    # Where the answers come from: `policy` (the model being tuned: the SFT model in round 1, then the previous
+    # round's policy), `sft`, `base`, or a path: a model directory, a checkpoint, or a finished run's directory.
+    models: list[str] = field(default_factory=lambda: ["policy"])
+    reference: RoundReference = RoundReference.sft  # the DPO reference from round 2 on
+    max_new_tokens: int = 48  # answer length limit (tokens)
+    temperature: float = 1.0  # sampling temperature (0: greedy, every sample the same: no pairs)
+    top_p: float = 1.0  # nucleus sampling; 1.0 keeps the whole distribution
+    batch_size: int = 8  # prompts per prefill batch (batch_size x num_samples rows decode together)
+    chunk_prompts: int = 64  # prompts per answers file: the unit a stopped generation resumes from
+    prompts: PromptsSpec = field(default_factory=PromptsSpec)  # where the prompts come from

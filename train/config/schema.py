@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from train.config.onpolicy_schema import LabelerKind
+from train.config.onpolicy_schema import GenerateConfig, LabelerKind
 from train.config.reward_schema import RewardStageConfig
 
 STAGES = ("all", "sft", "dpo", "eval", "reward")  # stage=: the whole pipeline or one stage (reward: not in all)
@@ -92,8 +92,7 @@ class ColumnsSpec:
     prompt: Optional[str] = "prompt"  # text or chat messages; null (or no such column): shared start of chosen/rejected
     chosen: Optional[str] = "chosen"  # preferred response (text, or [assistant message])
     rejected: Optional[str] = "rejected"  # dispreferred response
-    # Instead of chosen/rejected: a list column, or a list of columns (Any: OmegaConf has no str-or-list type)
-    responses: Any = None  # paired by `scores` (ranked with data.ranking) or by `preferred`
+    responses: Any = None  # a list column or list of columns (Any: str or list), with scores or preferred
     scores: Any = None  # numbers, one per response (higher is better): a list column, or a list of columns
     preferred: Optional[str] = None  # which response is preferred: an index, a letter (a/b) or a column's name
     preferred_base: Optional[int] = None  # index labels: 0 or 1; null: from the values ({0,1}: 0, {1,2}: 1)
@@ -280,6 +279,7 @@ class MainConfig:
     deepspeed: DeepSpeedConfig = MISSING
     judge: JudgeConfig = MISSING
     labeler: LabelerConfig = MISSING
+    generate: GenerateConfig = MISSING  # on-policy rounds (conf/generate/)
     sft: SFTStageConfig = MISSING
     dpo: DPOStageConfig = MISSING
     eval: EvalConfig = MISSING

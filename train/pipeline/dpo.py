@@ -24,11 +24,15 @@ from train.trainer.builders import build_dpo_trainer, reference_forward, release
 from train.trainer.throughput import ThroughputCallback
 
 
-def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Path, wandb_run) -> DPOResult:
+def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Path, wandb_run,
+            start_from: Path | None = None) -> DPOResult:
+    """DPO from `start_from` (default: the reference itself, the SFT model) against `reference`."""
     start = time.perf_counter()
+    start_from = start_from or reference
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
-    trainer = build_dpo_trainer(cfg, str(reference), data, load_tokenizer(cfg, str(reference)), run_dir / "dpo",
-                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))})
+    trainer = build_dpo_trainer(cfg, str(start_from), data, load_tokenizer(cfg, str(start_from)), run_dir / "dpo",
+                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))},
+                                reference_path=str(reference))
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
     announce_training("dpo", cfg, trainer, len(data.train_pairs))
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
@@ -40,7 +44,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     trainer.save_model(str(policy_dir / ADAPTER_DIR if merge else policy_dir))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
-        finish_policy(cfg, policy_dir, reference, merge)
+        finish_policy(cfg, policy_dir, start_from, merge)  # a LoRA adapter sits on its start model
     runtime_s = time.perf_counter() - start
     distributed = distributed_summary(cfg, trainer)
     tracking.log_summary(wandb_run, flatten({"distributed": {f"rank{r['rank']}": {k: v for k, v in r.items() if k != "rank"}

@@ -63,8 +63,8 @@ class EvalResult:
 
 
 def start_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """A stage run on its own (stage=dpo|eval) adds to the run's results; stage=all|sft starts afresh."""
-    results = read_json(run_dir / RESULTS, {}) if cfg.stage in ("dpo", "eval") else {}
+    """A stage run on its own (stage=dpo|eval|reward) adds to the run's results; stage=all|sft starts afresh."""
+    results = read_json(run_dir / RESULTS, {}) if cfg.stage in ("dpo", "eval", "reward") else {}
     results.setdefault("runtime_s", {})
     results.update(beta=cfg.beta.value, beta_schedule=OmegaConf.to_container(cfg.beta), experiment=cfg.experiment)
     return results
@@ -81,6 +81,18 @@ def add_dpo(results: dict, dpo: DPOResult) -> None:
     results["runtime_s"]["dpo"] = dpo.runtime_s
     results["distributed"] = dpo.distributed
     results["wandb"] = dpo.wandb
+
+
+def add_rounds(results: dict, rounds: list[dict]) -> None:
+    """On-policy rounds: one entry each in `rounds`; the last round's DPO and evaluation are the run's."""
+    results["rounds"] = [{k: v for k, v in r.items() if k not in ("dpo", "eval", "runtime_s", "distributed", "wandb")}
+                         for r in rounds]
+    last = rounds[-1]
+    results["dpo"] = {**last["dpo"], **last["eval"]}
+    results["distributed"], results["wandb"] = last.get("distributed"), last.get("wandb")
+    results.setdefault("sft", {})["judge_reward"] = last.get("reference_judge_reward")
+    for stage in ("dpo", "eval"):
+        results["runtime_s"][stage] = sum(r["runtime_s"][stage] or 0.0 for r in rounds)
 
 
 def add_eval(results: dict, evaluation: EvalResult) -> None:

@@ -84,14 +84,27 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
         f"  KL to reference   {number(dpo.get('kl_to_reference'))} nats per sample",
         f"  held-out pairs    accuracy {number(held_out.get('rewards/accuracies'))}, "
         f"margin {number(held_out.get('rewards/margins'))}, loss {number(held_out.get('loss'), '.4f')}",
+        *rounds_table(results.get("rounds") or []),
         f"  wall time         {', '.join(times) if times else NA}",
         f"  policy            {policy or NA}",
         *([reward_text(results["reward"])] if results.get("reward") else []),
         f"  results.json      {run_dir / 'results.json'}",
-        f"  eval samples      {existing(run_dir / 'eval_samples.jsonl')}",
+        f"  eval samples      {existing((Path(policy).parent if policy else run_dir) / 'eval_samples.jsonl')}",
         f"  W&B               {wandb_text(wandb)}",
         f"  on disk           {disk_text(run_dir)}",
     ]
+
+
+def rounds_table(rounds: list[dict]) -> list[str]:
+    """On-policy rounds, one line each: what was made (prompts, pairs, the labeler's mean chosen / rejected score)
+    and how that round's policy did against the SFT model (judge reward, KL, win rate)."""
+    if not rounds:
+        return []
+    head = "  rounds            round  prompts  pairs  label chosen/rejected  judge reward  KL to SFT  win vs SFT"
+    return [head, *(f"                    {r.get('round', NA):>5}  {r.get('prompts', NA):>7}  {r.get('pairs', NA):>5}  "
+                    f"{number(r.get('label_mean_chosen')):>10}/{number(r.get('label_mean_rejected')):<10}  "
+                    f"{number(r.get('judge_reward')):>12}  {number(r.get('kl_to_sft')):>9}  "
+                    f"{number(r.get('win_rate_vs_sft')):>10}" for r in rounds)]
 
 
 def reward_text(reward: dict) -> str:

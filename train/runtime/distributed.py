@@ -84,6 +84,12 @@ def gather_rank_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def barrier() -> None:
+    """Every rank waits here for the others (no-op in one process): files one rank wrote are then on disk for all."""
+    if is_distributed():
+        dist.barrier()
+
+
 def any_rank_flagged(flag: bool) -> bool:
     """True on every rank if any rank passes True (all ranks must call it)."""
     if not is_distributed():

@@ -1,4 +1,4 @@
-"""The SFT and DPO trainers as the pipeline runs them; the benchmark and the GPU check build theirs here too,
+"""The SFT, DPO and reward model trainers as the pipeline runs them; the benchmark and the GPU check build theirs here too,
 so what they measure is what a run trains with."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from trl import SFTTrainer
+from trl import RewardTrainer, SFTTrainer
 
-from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.config.trainer_args import build_dpo_config, build_reward_config, build_sft_config
 from train.models.adapters import lora_config
+from train.models.loading import load_model
 from train import seams
 from train.trainer import beta
 from train.trainer.console_log import ConsoleLogCallback
@@ -34,10 +35,15 @@ def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
 
 
 def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
-                      extra: dict[str, Any] | None = None) -> ProjectDPOTrainer:
+                      extra: dict[str, Any] | None = None, reference_path: str | None = None) -> ProjectDPOTrainer:
+    """`reference_path`: a reference other than the start (on-policy rounds: start from the previous round's policy,
+    keep the SFT model as reference); None: TRL loads the reference from `model_path`."""
     args = build_dpo_config(cfg, output_dir, extra)
+    # Loaded after the DPOConfig, so under ZeRO-3 from_pretrained partitions it as TRL's own reference would be.
+    ref_model = load_model(cfg, reference_path) if reference_path not in (None, model_path) else None
     trainer = ProjectDPOTrainer(
         model=model_path,  # TRL loads the reference from the same path: the SFT model, never a checkpoint
+        ref_model=ref_model,
         args=args,
         train_dataset=data.train_pairs,
         eval_dataset=data.test_pairs,
@@ -53,6 +59,19 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
     quiet_model_card(trainer)
     return trainer
 
+
+
+def build_reward_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
+                         extra: dict[str, Any] | None = None) -> RewardTrainer:
+    """TRL loads `model_path` (a causal LM: the SFT or base model) as AutoModelForSequenceClassification with one
+    label, a new score head on top, and sets the pad token in its config (a classifier reads each row's last token
+    by it). Full fine-tuning: the model saved is a plain classifier directory, as judge=reward_model loads one."""
+    args = build_reward_config(cfg, output_dir, extra)
+    trainer = RewardTrainer(model=model_path, args=args, train_dataset=data.train_pairs, eval_dataset=data.test_pairs,
+                            processing_class=tokenizer)
+    ConsoleLogCallback.attach(trainer, "reward")
+    quiet_model_card(trainer)
+    return trainer
 
 def quiet_model_card(trainer) -> None:
     """TRL writes a model card at every checkpoint save and asks W&B for the run's URL, which an offline run does

@@ -1,0 +1,193 @@
+"""On-policy preference rounds (generate=on_policy): for each round, pick prompts, sample answers from the model
+being tuned, label them, pair them, train DPO from that model, evaluate. Round k+1 samples from round k's policy.
+
+Pairs sampled from the policy being trained beat offline pairs (Xiong et al. 2024, "Iterative preference learning
+from human feedback"; Tajwar et al. 2024, "Preference fine-tuning of LLMs should leverage suboptimal, on-policy data").
+
+Each round lives in <run dir>/rounds/round-<k>/: answers/ and labels/ (chunk files, train/pipeline/answers.py),
+pairs/train.jsonl (TRL's format, with the scores, models and samples; usable as data=custom data.source=<that dir>),
+dpo/ (checkpoints), policy/, eval_samples.jsonl and round.json. A finished round is never redone; a stopped one
+resumes from its chunk files and its DPO checkpoint. The last round's policy is the run's (<run dir>/policy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from train.config.onpolicy_schema import GenerateKind, RoundReference
+from train.config.schema import ColumnsSpec
+from train.core.errors import ConfigError
+from train.core.files import is_complete, mark_complete, read_json, write_json, write_jsonl
+from train.core.ranks import is_main_process, world_size
+from train.data import PreferenceData, load_preference_data
+from train.data.prompts import format_report, select_prompts
+from train.models.labelers import check_labeler, format_counts, make_pairs
+from train.models.loading import load_tokenizer
+from train.pipeline.answers import generate_answers, label_answers, resolve_models
+from train.pipeline.dpo import run_dpo
+from train.pipeline.evaluate import run_eval
+from train.runtime import tracking
+from train.runtime.distributed import barrier
+
+PAIRS = "pairs"
+
+
+def on_policy(cfg: DictConfig) -> bool:
+    return GenerateKind(str(getattr(cfg.generate.kind, "value", cfg.generate.kind))) == GenerateKind.on_policy
+
+
+def check_rounds(cfg: DictConfig, data: PreferenceData) -> None:
+    """At start, before any model is trained: settings, the labeler (its config, no weights), the prompt sources
+    (read now: a failing query or an empty file stops here) and the model paths given. One line each."""
+    if not on_policy(cfg):
+        return
+    g = cfg.generate
+    for key, least in (("rounds", 1), ("num_samples", 2), ("max_new_tokens", 1), ("batch_size", 1),
+                       ("chunk_prompts", 1)):
+        if g[key] < least:
+            why = ": a pair needs two answers to one prompt" if key == "num_samples" else ""
+            raise ConfigError(f"generate.{key}={g[key]}: must be at least {least}{why}")
+    if g.temperature < 0 or not 0 < g.top_p <= 1:
+        raise ConfigError(f"generate.temperature={g.temperature} / generate.top_p={g.top_p}: need temperature >= 0 "
+                          "and 0 < top_p <= 1")
+    if str(cfg.dpo.reference) == "lora":
+        raise ConfigError("generate=on_policy with dpo.reference=lora: each round starts from the previous round's "
+                          "full weights; use dpo.reference=model or dpo.reference=precomputed")
+    if not cfg.dpo.enabled or cfg.stage not in ("all", "dpo"):
+        return
+    check_labeler(cfg)
+    select_prompts(g.prompts, data_prompts(data), cfg.seed + 1, where="generate.prompts")
+    resolve_models(cfg, Path("policy"), Path("sft"), "base")  # the paths given; policy/sft/base exist by then
+
+
+def data_prompts(data: PreferenceData) -> list:
+    """The data group's training prompts, each once, in order."""
+    seen, out = set(), []
+    for prompt in data.train_pairs["prompt"]:
+        key = repr(prompt)
+        if key not in seen:
+            seen.add(key)
+            out.append(prompt)
+    return out
+
+
+def run_rounds(cfg: DictConfig, sft: Path, base: str, data: PreferenceData, run_dir: Path, wandb_run) -> list[dict]:
+    """Every round in order; one record per round (the last one's `dpo` and `eval` are the run's)."""
+    records = []
+    policy = sft
+    total = cfg.generate.rounds
+    for k in range(1, total + 1):
+        round_dir = run_dir / "rounds" / f"round-{k}"
+        if is_complete(round_dir) and isinstance(read_json(round_dir / "round.json"), dict):
+            record = read_json(round_dir / "round.json")
+            print(f"== round {k}/{total}: finished before; its policy is {round_dir / 'policy'} ==", flush=True)
+        else:
+            record = run_round(cfg, k, policy, sft, base, data, round_dir, wandb_run)
+        records.append(record)
+        policy = round_dir / "policy"
+        tracking.log_summary(wandb_run, {f"rounds/{k}/{key}": v for key, v in record.items()
+                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if is_main_process():
+        link = run_dir / "policy"
+        if link.is_symlink() or not link.exists():
+            link.unlink(missing_ok=True)
+            link.symlink_to(os.path.relpath(policy, run_dir))
+    barrier()
+    return records
+
+
+def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data: PreferenceData, round_dir: Path,
+              wandb_run) -> dict:
+    total, g = cfg.generate.rounds, cfg.generate
+    prompts, prompt_report = select_prompts(g.prompts, data_prompts(data), cfg.seed + k, where="generate.prompts")
+    models = resolve_models(cfg, policy, sft, base)
+    source = "the SFT model" if k == 1 else f"round {k - 1}'s policy"
+    names = ", ".join(source if name == "policy" else name for name, _ in models)
+    if is_main_process():
+        print(f"== round {k}/{total}: sampling {g.num_samples} answers for {len(prompts)} prompts from {names} on "
+              f"{world_size()} process{'es' if world_size() > 1 else ''} ==", flush=True)
+        for line in format_report(prompt_report):
+            print(line, flush=True)
+    answers = generate_answers(cfg, models, prompts, round_dir, k)
+    scores = label_answers(cfg, models, len(prompts), round_dir)
+    groups, empty = group_answers(answers, scores)
+    pairs, counts = make_pairs(groups, cfg.data.ranking)  # the same on every rank
+    pairs = [{**p, "round": k} for p in pairs]
+    chosen = sum(p["score_chosen"] for p in pairs) / len(pairs)
+    rejected = sum(p["score_rejected"] for p in pairs) / len(pairs)
+    if is_main_process():
+        print(f"labels: {labeler_name(cfg)} on {len(answers) - empty} answers ({empty} empty left out); "
+              f"{format_counts(counts)}; mean score chosen {chosen:.3f} / rejected {rejected:.3f}", flush=True)
+        (round_dir / PAIRS).mkdir(parents=True, exist_ok=True)
+        write_pairs(round_dir / PAIRS, pairs, data)
+    barrier()
+    round_data = load_round_data(cfg, round_dir / PAIRS, data, load_tokenizer(cfg, str(policy)))
+    reference = sft if k == 1 or RoundReference(getattr(g.reference, "value", g.reference)) == RoundReference.sft else policy
+    dpo = run_dpo(cfg, reference, round_data, round_dir, wandb_run, start_from=policy)
+    evaluation = run_eval(cfg, round_dir / "policy", sft, data, round_dir) if cfg.eval.enabled else None
+    metrics = evaluation.metrics if evaluation else {}
+    record = {"round": k, "prompts": len(prompts), "answers": len(answers), "empty_answers": empty, "pairs": len(pairs),
+              "tied_prompts": counts["tied_prompts"], "ties_skipped": counts["ties_skipped"],
+              "labeler": labeler_name(cfg), "label_mean_chosen": chosen, "label_mean_rejected": rejected,
+              "judge_reward": metrics.get("judge_reward"), "kl_to_sft": metrics.get("kl_to_reference"),
+              "win_rate_vs_sft": metrics.get("win_rate_vs_reference"),
+              "held_out_accuracy": dpo.held_out.get("rewards/accuracies"), "dpo_steps": dpo.steps,
+              "policy_path": str(round_dir / "policy"), "prompt_sources": prompt_report,
+              "runtime_s": {"dpo": dpo.runtime_s, "eval": evaluation.runtime_s if evaluation else None},
+              "dpo": dpo.record(), "eval": metrics, "reference_judge_reward": metrics.get("reference_judge_reward"),
+              "distributed": dpo.distributed, "wandb": dpo.wandb}
+    if is_main_process():
+        write_json(round_dir / "round.json", record)
+        mark_complete(round_dir)
+    barrier()
+    return record
+
+
+def group_answers(answers: list[dict], scores: list[float]) -> tuple[list[dict], int]:
+    """One group per prompt, in the prompts' order, holding every model's answers with their scores; and the number
+    of empty answers left out (a model that ends its turn at once: a pair with an empty side is dropped as bad data
+    anyway, so it never enters the ranking)."""
+    groups: dict[str, dict] = {}
+    empty = 0
+    for answer, score in zip(answers, scores, strict=True):
+        group = groups.setdefault(answer["prompt_id"], {"prompt": answer["prompt"], "answers": []})
+        if not answer["answer"].strip():
+            empty += 1
+            continue
+        group["answers"].append({"text": answer["answer"], "model": answer["model"], "sample": answer["sample"],
+                                 "score": score})
+    return list(groups.values()), empty
+
+
+def labeler_name(cfg: DictConfig) -> str:
+    kind = str(getattr(cfg.labeler.kind, "value", cfg.labeler.kind))
+    return f"reward_model:{cfg.labeler.name_or_path}" if kind == "reward_model" else kind
+
+
+def write_pairs(directory: Path, pairs: list[dict], data: PreferenceData) -> None:
+    """train.jsonl: the round's pairs; test.jsonl: the data group's held-out pairs, so every round (and offline DPO)
+    is measured on the same pairs."""
+    write_jsonl(directory / "train.jsonl", pairs)
+    write_jsonl(directory / "test.jsonl", [dict(row) for row in data.test_pairs])
+
+
+def load_round_data(cfg: DictConfig, pairs_dir: Path, data: PreferenceData, tokenizer) -> PreferenceData:
+    """The round's pairs through the same validation as any custom file (token checks against dpo.args.max_length,
+    duplicates, the report); SFT rows and evaluation prompts stay the data group's."""
+    round_cfg = OmegaConf.merge(cfg, {"data": {"name": "custom", "source": str(pairs_dir.resolve()), "subset": None,
+                                               "data_dir": None, "revision": None, "train_split": "train",
+                                               "test_split": "test", "sft_split": None, "eval_split": None,
+                                               "max_rows": None, "options": {}, "synthetic": None,
+                                               "columns": OmegaConf.structured(ColumnsSpec)}})
+    try:
+        paired = load_preference_data(round_cfg, tokenizer)
+    except ConfigError as err:
+        raise ConfigError(f"round pairs in {pairs_dir}: {err}") from None
+    return PreferenceData(sft=data.sft, train_pairs=paired.train_pairs, test_pairs=paired.test_pairs,
+                          eval_prompts=data.eval_prompts,
+                          files={**data.files, "train_pairs": paired.files["train_pairs"],
+                                 "test_pairs": paired.files["test_pairs"]},
+                          report=paired.report)
