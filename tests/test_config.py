@@ -141,8 +141,8 @@ def test_config_errors_name_the_key(overrides, message):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["model=nosuchmodel"], "Could not find 'model/nosuchmodel'; available options in 'model': llama3_8b"),
-        (["dpo.args.learning_rate=0.1", "nosuchkey=1"], "Could not override 'nosuchkey'"),
+        (["model=nosuchmodel"], "model is a config group (options: llama3_8b, mistral_7b, qwen2_5_0_5b, tiny); choose one, or add conf/model/nosuchmodel.yaml"),
+        (["dpo.args.learning_rate=0.1", "nosuchkey=1"], "error: nosuchkey: not a key of the config"),
         (["beta.value=-1"], "error: beta.value=-1.0: beta must be > 0 (typical 0.05-0.5)"),
         (["+dpo.args.learnig_rate=1"], "error: dpo.args.learnig_rate: not a DPOConfig setting; did you mean dpo.args.learning_rate?"),
         (["-m", "--cfg", "hydra"], "error: -m cannot be combined with --cfg or --info (Hydra runs one mode at a time)"),

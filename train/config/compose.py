@@ -13,11 +13,13 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from train.config.overrides import appended, check_group_choices, merge_error, missing_key
 from train.config.schema import MainConfig
+from train.config.typecheck import check_known_keys
 from train.core.errors import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -60,10 +62,32 @@ def register() -> None:
 
 def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config `python -m train <overrides>` runs with; a composition error is a one-line ConfigError."""
+    return compose_overrides(overrides, return_hydra_config)[0]
+
+
+def compose_overrides(overrides: list[str], return_hydra_config: bool = False) -> tuple[DictConfig, set[str]]:
+    """The config and the keys it lacks that were given without `+` (`dpo.args.push_to_hub=true`): those are
+    composed as `+key=value`, so the checks after composing accept a valid TRL setting and name a typo's
+    nearest key, and Hydra must be given them the same way (train/config/overrides.py with_appended)."""
     register()
+    overrides, added = list(overrides), set()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+            check_group_choices(overrides, "config")
+            while True:
+                try:
+                    cfg = hydra_compose(config_name="config", overrides=overrides,
+                                        return_hydra_config=return_hydra_config)
+                    # A typo of our own keys is named now, before the slower checks import TRL.
+                    if added and not return_hydra_config:
+                        check_known_keys(cfg)
+                    return cfg, added
+                except ConfigCompositionException as err:
+                    key = missing_key(err)
+                    if key is None or key in added:
+                        raise
+                    added.add(key)
+                    overrides = appended(overrides, key)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(one_line(err)) from err
 
@@ -89,8 +113,12 @@ def sweep_combinations(overrides: list[str], limit: int = 64) -> list[list[str]]
 
 
 def one_line(err: Exception) -> str:
+    merging = merge_error(err)
+    if merging is not None:
+        return merging
     text = " ".join(str(err).split())
     if "Could not find" in text and "Available options" in text:
         head, options = text.split("Available options in", 1)
+        options = options.split(" Config search path:")[0]  # the search path is Hydra's detail, not the user's
         return f"{head.replace('In ' + repr('config') + ': ', '').strip()}; available options in{options}"
     return text

@@ -14,7 +14,7 @@ from train import seams
 from train.core.errors import ConfigError
 from train.data import synthetic
 from train.models.adapters import is_adapter, load_merged
-from train.models.tiny import build_tiny_model
+from train.models.tiny import build_tiny_model, check_build_target
 
 
 def ensure_base_model(cfg: DictConfig) -> str:
@@ -25,6 +25,13 @@ def ensure_base_model(cfg: DictConfig) -> str:
     # Built from its spec alone (fixed seed 0), like a downloaded model: changing the run's seed must
     # not rebuild the weights at the same path under runs that already use them.
     return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(0), seed=0))
+
+
+def check_model_directory(model: DictConfig) -> None:
+    """At start: the embedded model's build directory (model.name_or_path) is new, empty or built here, never a
+    user's model that the build would overwrite."""
+    if model.tiny is not None:
+        check_build_target(Path(model.name_or_path))
 
 
 # Templates known by name (model.chat_template=chatml): ChatML, as Qwen and many fine-tunes use it.

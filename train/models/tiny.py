@@ -27,6 +27,12 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+# The tiny model is built into model.name_or_path, where a user may have put a model of their own. This
+# project writes there only into a new or empty directory, or one holding its marker: OWNER_MARKER, written
+# first (a build cut short is still ours), or SPEC_MARKER, written last (complete; also in directories built
+# before OWNER_MARKER existed).
+OWNER_MARKER = ".built-by-train"
+SPEC_MARKER = "tiny_spec.json"
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -52,8 +58,9 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Path:
     """Create the tiny Llama and its tokenizer at `path` (once: an existing complete directory is reused)."""
-    marker = path / "tiny_spec.json"
+    marker = path / SPEC_MARKER
     wanted = {**spec, "seed": seed}
+    check_build_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Rank 0 builds (under a lock, for concurrent jobs of a sweep); other ranks wait for its marker.
     # Only rank 0 can: once torch.distributed is up, save_pretrained silently skips non-zero ranks.
@@ -67,7 +74,35 @@ def build_tiny_model(path: Path, spec: dict, texts: list[str], seed: int) -> Pat
     with FileLock(f"{path}.lock"):
         if built(marker, wanted):
             return path
+        check_build_target(path)  # again under the lock: the directory may have changed meanwhile
         return _build(path, spec, texts, seed, marker)
+
+
+def not_ours(path: Path) -> str | None:
+    """What `path` holds that this project did not write (None: new, empty or built here)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_dir():
+        return "is a file"
+    if (path / OWNER_MARKER).exists() or (path / SPEC_MARKER).exists() or not any(path.iterdir()):
+        return None
+    return "holds a model this project did not build" if (path / "config.json").exists() else \
+        "holds files this project did not write"
+
+
+def check_build_target(path: Path) -> None:
+    """At start (train/pipeline/checks.py) and before building: the tiny model is never written over a
+    directory this project did not create."""
+    problem = not_ours(Path(path))
+    if problem is None:
+        return
+    if problem.startswith("holds a model"):
+        fix = (f"to train it, write conf/model/mine.yaml (name_or_path: {path}, see conf/model/qwen2_5_0_5b.yaml) "
+               "and run model=mine recipe=real_model")
+    else:
+        fix = "give the tiny model a new or empty directory: model.name_or_path=<dir>"
+    raise ConfigError(f"model.name_or_path={path} {problem}, but model=tiny builds its toy model there (nothing "
+                      f"was written); {fix}")
 
 
 def built(marker: Path, wanted: dict) -> bool:
@@ -96,6 +131,7 @@ def _build(path: Path, spec: dict, texts: list[str], seed: int, marker: Path) ->
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
+    (path / OWNER_MARKER).write_text("built by train/models/tiny.py: rebuilt here when conf/model/tiny.yaml changes\n")
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     marker.write_text(json.dumps({**spec, "seed": seed}))  # written last: the directory is complete
