@@ -3,13 +3,13 @@
     python launch/bench.py                 # full: 3 alternating rounds of DPO steps, a 4-beta sweep, ZeRO-3 RSS
     python launch/bench.py --quick         # seconds-scale sizes, 1 round (what the tests run); or BENCH_QUICK=1
     python launch/bench.py --only steps    # one part: steps, sweep, rss or profiles
-    python launch/bench.py --only profiles # the DPO step at TL;DR / UltraFeedback / HH-RLHF lengths (issue 14)
+    python launch/bench.py --only profiles # the DPO step at TL;DR / UltraFeedback / HH-RLHF lengths
     python launch/bench.py --only generate # on-policy sampling (N answers per prompt) against generate()
     python launch/bench.py --ablate        # also: each project default against its alternative, alternated
     python launch/bench.py --profile       # also: torch.profiler over the project's DPO step (where time goes)
     python launch/bench.py --rss-scale     # also: the ZeRO-3 RSS comparison on a ~155M-parameter model
 
-Prints a table, then as its LAST line one JSON object (issue 7):
+Prints a table, then as its LAST line one JSON object:
   dpo_step_ratio    pairs/s of the project's DPO training / pairs/s of trl.DPOTrainer with TRL's defaults
                     (bf16 off: CPU), same model, data and batch, in this process, sides alternated,
                     ratio of the medians over 5 rounds (`--rounds N`). Training steps only: trainer construction

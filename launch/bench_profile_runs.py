@@ -1,4 +1,4 @@
-"""`make bench ARGS="--only profiles"` (issue 14): the DPO step at real length profiles (launch/bench_profiles.py),
+"""`make bench ARGS="--only profiles"`: the DPO step at real length profiles (launch/bench_profiles.py),
 three sides alternated in this process, on the ~20M Llama at the tokenizer's vocabulary and at 32k:
 
     trl_default  trl.DPOTrainer at DPOConfig's defaults (reference model forward every step, gradient
@@ -43,6 +43,7 @@ from train import seams
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.trainer.builders import build_dpo_trainer
 from train.trainer.console_log import ConsoleLogCallback
+from train.config.choices import Batching
 
 # RoPE positions up to TRL's max_length; otherwise the ~20M Llama of `make bench`. 32k first: the headline figures.
 # A TL;DR step of TRL's defaults at 32k is ~10 s of the 2 cores: 1 timed step per side and round keeps the part
@@ -151,7 +152,7 @@ def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, size
                "construct_s": construct_s, "padding_fraction": probe.pads / probe.positions,
                "ref_pass_s": getattr(trainer, "reference_pass_s", None) if side != "project" else project_pass_s(cfg),
                "step_peak_alloc_mb": probe.step_peak_mb, "loadavg": open("/proc/loadavg").read().split()[:3],
-               "layout": getattr(trainer, "batch_layout", None) or "padded"}  # what dpo.batching resolved to
+               "layout": getattr(trainer, "batch_layout", None) or Batching.padded}  # what dpo.batching resolved to
     del trainer
     return figures
 
@@ -194,7 +195,7 @@ def profiles(sizes: dict, root: Path, names: tuple = tuple(PROFILES)) -> dict:
     tokenizer = load_tokenizer(cfg, base)
     words = single_token_words(tokenizer)
     n_pairs = sizes["batch"] * (sizes["warmup"] + sizes["steps"] + 1)
-    result = {"sizes": sizes, "batching": cfg.dpo.get("batching", "padded"), "words": len(words), "by_vocab": {}}
+    result = {"sizes": sizes, "batching": cfg.dpo.batching, "words": len(words), "by_vocab": {}}
     for vocab in sizes["vocabs"]:
         model_path = base if vocab is None else wide_vocab_model(base, vocab, root / "models" / f"{sizes['model_dir']}-v{vocab}", tokenizer)
         label = str(vocab or len(tokenizer))

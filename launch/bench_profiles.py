@@ -1,4 +1,4 @@
-"""Length profiles for `make bench ARGS="--only profiles"` (issue 14): synthetic preference pairs whose prompt,
+"""Length profiles for `make bench ARGS="--only profiles"`: synthetic preference pairs whose prompt,
 chosen and rejected token lengths follow what users train on, so the DPO step is measured at real lengths, not
 at the embedded task's short uniform ones (11.5% padding).
 

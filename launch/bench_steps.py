@@ -22,6 +22,7 @@ from launch.bench_setup import alternate, load_inputs, timing_args, with_peak
 from train.models.loading import count_parameters_from_config
 from train.trainer.builders import build_dpo_trainer, build_sft_trainer, reference_forward
 from train.trainer.throughput import measure_matmul_peak
+from train.config.choices import Reference
 
 
 def trl_default_trainer(model_path: str, data, tokenizer, batch: int, steps: int, out: Path, seed: int):
@@ -79,7 +80,7 @@ def dpo_steps(sizes: dict, root: Path) -> dict:
 
 def ablation_variants(cfg) -> dict[str, list[str]]:
     """One setting at a time changed from the project's defaults: the measured gain of each default."""
-    other_reference = "model" if cfg.dpo.reference == "precomputed" else "precomputed"
+    other_reference = "model" if cfg.dpo.reference == Reference.precomputed else "precomputed"
     return {
         "gradient_checkpointing=true": ["dpo.args.gradient_checkpointing=true"],
         f"reference={other_reference}": [f"dpo.reference={other_reference}"],

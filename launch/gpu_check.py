@@ -1,4 +1,4 @@
-"""GPU check (issue 7): the benchmark's DPO step on one GPU in bf16, with a ~0.5B Llama built from a config.
+"""GPU check: the benchmark's DPO step on one GPU in bf16, with a ~0.5B Llama built from a config.
 
     python launch/gpu_check.py                  # ~0.5B model, 25 timed steps after 5 warm-up steps
     python launch/gpu_check.py --batch 128      # pairs per step (default 64)
@@ -13,7 +13,7 @@ synthetic preference data, the FLOP count of train/models/flops.py. No download:
 (throughput does not depend on them), built on the CPU and saved once under outputs/gpu_check/. Takes under
 five minutes on an H100.
 Without a GPU it says so and exits 0.
-Each DPO micro-batch layout (dpo.batching, issue 14) is measured in turn on the same model and data. MFU counts
+Each DPO micro-batch layout (dpo.batching) is measured in turn on the same model and data. MFU counts
 the FLOPs of the padded layout's useful tokens (the prompt twice per pair), so a layout that does less work for
 the same pairs shows as a higher MFU: the ratio between layouts is their speedup.
 """
@@ -37,6 +37,7 @@ from train.models.loading import count_parameters_from_config, ensure_base_model
 from train.trainer import layouts  # noqa: E402
 from train.trainer.builders import build_dpo_trainer, reference_forward  # noqa: E402
 from train.trainer.throughput import ThroughputCallback, peak_flops, peak_memory_mb  # noqa: E402
+from train.config.choices import Batching
 
 # Qwen2.5-0.5B's widths (896 wide, MLP 4864, 14 heads of 64) with 32 layers and the tiny tokenizer's small
 # vocabulary: ~0.52B parameters, nearly all in the decoder layers.
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for layout in opts.layouts.split(","):
-        reason = None if layout == "padded" else layouts.unsupported_reason(layout, "llama", opts.attn)
+        reason = None if layout == Batching.padded else layouts.unsupported_reason(layout, "llama", opts.attn)
         if reason:
             print(f"gpu_check: skipping {layout}: {reason}", flush=True)
         else:

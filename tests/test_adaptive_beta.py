@@ -1,4 +1,4 @@
-"""beta=adaptive (beta-DPO, issue 17): the rule on hand-computed margins, its state, its refusals, and real
+"""beta=adaptive (beta-DPO): the rule on hand-computed margins, its state, its refusals, and real
 runs: 1 vs 2 processes at the same global batch, and exact resume."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import assert_same_run, read_results, run_train
+from helpers.runs import assert_same_run, read_results, run_train
 from train.core.errors import ConfigError
 from train.trainer import beta as beta_group
 from train.trainer.adaptive_beta import AdaptiveBeta, filtered_loss_correction, kept_pairs, update_statistics
@@ -111,7 +111,7 @@ def straight(tmp_path_factory):
 
 @pytest.mark.slow
 def test_beta_adapts_and_is_logged_to_wandb_as_train_beta(straight):
-    import wandb_file
+    from helpers import wandb_file
 
     history = adaptive_history(straight)
     assert [h[0] for h in history] == list(range(1, 7))

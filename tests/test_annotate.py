@@ -14,8 +14,8 @@ from unittest import mock
 import httpx
 import pytest
 
-import annotate_fixture as fx
-from conftest import REPO, free_port, read_results, run_train
+from helpers import annotate_fixture as fx
+from helpers.runs import REPO, free_port, read_results, run_train
 from train.annotate import main
 from train.config.choices import RankingStrategy
 from train.data.annotation_tasks import Scheme, build_task, group_answers, label_config, read_label_config

@@ -1,10 +1,10 @@
-"""Bad input that used to end in a library traceback (issue 12): one line that says what to change."""
+"""Bad input that used to end in a library traceback: one line that says what to change."""
 
 import shutil
 
 import pytest
 
-from conftest import read_results, run_train
+from helpers.runs import read_results, run_train
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import prepare
@@ -57,7 +57,7 @@ def test_a_bad_process_count_is_one_line(nproc, message):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.runs import REPO
 
     proc = subprocess.run([sys.executable, "launch/check_nproc.py", nproc], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}") and "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""Throughput (issue 7): the figures logged to W&B during a run, `make bench` in its quick mode, and the GPU
+"""Throughput: the figures logged to W&B during a run, `make bench` in its quick mode, and the GPU
 check's CPU smoke run; the operator tools in launch/ import (fast tier)."""
 
 import importlib
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import wandb_file
-from conftest import REPO, read_results, run_train
+from helpers import wandb_file
+from helpers.runs import REPO, read_results, run_train
 from launch.bench_profile_runs import profile_rows, summarize
 from launch.bench_profiles import MAX_LENGTH, PROFILES, draw_lengths, make_pairs, single_token_words, split_turns
 from train.data import synthetic
@@ -90,7 +90,7 @@ def test_gpu_check_smoke_trains_the_project_dpo_on_cpu_and_prints_one_json_objec
     assert sum(line.startswith("gpu_check: cpu (smoke)") for line in lines) == 3  # one summary line per layout
 
 
-# --- length profiles (issue 14): the generator is a pure function; the measured part runs in `make bench` only ---
+# --- length profiles: the generator is a pure function; the measured part runs in `make bench` only ---
 
 def test_length_profiles_draw_around_the_published_medians_and_keep_every_row():
     for name, profile in PROFILES.items():

@@ -1,4 +1,4 @@
-"""Refused at start, in one line, with nothing written (issue 12): unknown keys in our own groups (with or
+"""Refused at start, in one line, with nothing written: unknown keys in our own groups (with or
 without `+`), mistyped trainer values, and multirun sweeps (every combination, secrets before Hydra writes)."""
 
 import subprocess
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
     (["sft.args.max_length=1.5"], "sft.args.max_length=1.5: SFTConfig expects an integer or null"),
     (["dpo.args.gradient_checkpointing=maybe"], "dpo.args.gradient_checkpointing='maybe': DPOConfig expects true or false"),
     (["dpo.args.loss_type=[1]"], "dpo.args.loss_type=[1]: DPOConfig expects a list of a string"),
-    # Silent no-ops and late failures (issue 13), now refused at start:
+    # Silent no-ops and late failures, now refused at start:
     (["dpo.args.loss_type=[foo]"], "dpo.args.loss_type: 'foo' is not a TRL loss type; choose from sigmoid, hinge, ipo"),
     (["dpo.args.report_to=[wandb]"], "dpo.args.report_to: W&B is set by the wandb group"),
     (["sft.args.report_to=[no_such_reporter]"], "sft.args.report_to: no_such_reporter is not installed"),

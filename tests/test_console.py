@@ -1,4 +1,4 @@
-"""What the console shows (issue 13): a banner per stage, the key settings at start, a line of numbers per
+"""What the console shows: a banner per stage, the key settings at start, a line of numbers per
 logging step instead of transformers' dict of strings, a summary block at the end, and exactly three families of
 known-harmless library warnings filtered while every other warning still shows."""
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import process_state_restored
+from helpers.runs import process_state_restored
 from test_inprocess import TINY
 from train.config.compose import compose
 from train.pipeline.plan import eval_banner, training_banner

@@ -1,11 +1,11 @@
-"""Ctrl-C (issue 13): the first one saves at the step boundary and stops like SIGTERM (exit 75, resumable);
+"""Ctrl-C: the first one saves at the step boundary and stops like SIGTERM (exit 75, resumable);
 a second one stops at once (exit 130); neither prints a traceback."""
 
 import json
 
 import pytest
 
-from conftest import read_results, run_train
+from helpers.runs import read_results, run_train
 
 pytestmark = pytest.mark.slow
 SMALL = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=6", "checkpoint.every_steps=0",

@@ -1,4 +1,4 @@
-"""Data that would be trained on wrongly or slowly (issue 12): unknown chat roles are dropped as malformed;
+"""Data that would be trained on wrongly or slowly: unknown chat roles are dropped as malformed;
 a huge response is cut before tokenizing, with the tokens TRL keeps unchanged."""
 
 import json

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers.runs import REPO
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import load_preference_data, prepare

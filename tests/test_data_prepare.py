@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_results, run_train
+from helpers.runs import REPO, read_results, run_train
 
 HH = ["data=hh_rlhf", "data.source=tests/fixtures/hh_rlhf"]
 CUSTOM = ["data=custom", "data.source=tests/fixtures/custom/pairs.jsonl", "data.columns.prompt=instruction",

@@ -1,4 +1,4 @@
-"""One source for every default value (issue 11): the schema (train/config/schema.py) or the YAML, never both.
+"""One source for every default value: the schema (train/config/schema.py) or the YAML, never both.
 
 Groups with several options keep their defaults in the schema and each option's YAML sets only what it
 changes; groups with one option (and conf/config.yaml's own keys) keep their values in the YAML, and the
@@ -19,7 +19,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"model": schema.ModelConfig, "data": schema.DataConfig, "judge": schema.JudgeConfig,
           "labeler": schema.LabelerConfig,
           "beta": schema.BetaConfig, "deepspeed": schema.DeepSpeedConfig, "sft": schema.SFTStageConfig,
-          "dpo": schema.DPOStageConfig, "eval": schema.EvalConfig, "wandb": schema.WandbConfig}
+          "dpo": schema.DPOStageConfig, "eval": schema.EvalConfig, "wandb": schema.WandbConfig,
+          "reward": schema.RewardStageConfig}
 
 
 def schema_default(f: dataclasses.Field):

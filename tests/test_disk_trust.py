@@ -1,4 +1,4 @@
-"""Trust nothing on disk (issue 12), the cache half: a reference-cache entry changed in place is recomputed,
+"""Trust nothing on disk, the cache half: a reference-cache entry changed in place is recomputed,
 a copied output root (or data source) keeps its caches and resumes, and partial files of interrupted writes
 are removed on the next run, never one a live process is writing.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_same_run, read_results, run_train
+from helpers.runs import REPO, assert_same_run, read_results, run_train
 from train.config.compose import compose
 from train.core.files import COMPLETE, PID_GRACE_S, STALE_S, remove_orphans
 from train.data.preference import cache_key, trainer_lengths

@@ -4,7 +4,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import read_results, run_train
+from helpers.runs import read_results, run_train
 
 pytestmark = pytest.mark.multiproc
 FAST = ("debug=fast",)

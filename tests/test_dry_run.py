@@ -1,9 +1,9 @@
-"""make dry-run reports what each stage will do (issue 13): optimizer steps, global batch, tokens; and warns
+"""make dry-run reports what each stage will do: optimizer steps, global batch, tokens; and warns
 about a stage of one step or warmup longer than training, before anything trains."""
 
 from types import SimpleNamespace
 
-from conftest import run_train
+from helpers.runs import run_train
 from train.pipeline.dry_run import optimizer_steps, plan_warnings
 
 

@@ -1,4 +1,4 @@
-"""Fault tolerance (issue 6): exact resume, crash during a save, NaN steps, rank death, W&B outages,
+"""Fault tolerance: exact resume, crash during a save, NaN steps, rank death, W&B outages,
 refusals, and a real preemption on the local SLURM cluster."""
 
 import json
@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_same_run, read_results, run_train
+from helpers.runs import REPO, assert_same_run, read_results, run_train
 
-try:
-    from tests.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
-except ImportError:
-    from slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
@@ -135,7 +132,7 @@ def test_resume_refuses_a_changed_world_size(tmp_path):
 @pytest.mark.slurm
 def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
     """A SLURM job gets `scancel --signal=USR2` mid-DPO: it saves, requeues, resumes, and ends where an
-    uninterrupted run ends (same process count and seed; compared as conftest.assert_same_run)."""
+    uninterrupted run ends (same process count and seed; compared as helpers.runs.assert_same_run)."""
     common = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=40",
               "dpo.args.logging_steps=1", "checkpoint.every_steps=100", "dpo.args.per_device_train_batch_size=64",
               "data.synthetic.num_pairs=2560")
@@ -169,7 +166,7 @@ def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
 
     a = load_file(Path(results["dpo"]["policy_path"]) / "model.safetensors")
     b = load_file(Path(reference["dpo"]["policy_path"]) / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)  # as conftest.assert_same_run
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)  # as helpers.runs.assert_same_run
     run_ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
     assert run_ids == {results["wandb"]["run_id"]}  # one W&B run, continued after the requeue
     print(f"preempted at step {stopped_at}; signal to complete checkpoint {stop['signal_to_checkpoint_s']} s; "

@@ -13,7 +13,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM,
                           TemperatureLogitsWarper, TopPLogitsWarper)
 
-from conftest import REPO
+from helpers.runs import REPO
 from launch.bench_generate import QUICK, generation, generation_rows
 from train.data import synthetic
 from train.models.generation import answer_seed, eos_token_ids, sample_answers

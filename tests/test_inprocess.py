@@ -1,6 +1,6 @@
 """The whole pipeline in this pytest process, on the smallest sizes (fast tier): compose once, call
 train.pipeline.run.run(cfg, ...), check every stage reported. A broken import or wiring fails here in seconds,
-before the subprocess tiers (STYLE.md: "one composed fixture, run in-process"; issue 11).
+before the subprocess tiers (STYLE.md: "one composed fixture, run in-process").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Judges after DPO (issue 15): the judge group, a reward model as judge, and evaluation spread over ranks.
+"""Judges after DPO: the judge group, a reward model as judge, and evaluation spread over ranks.
 
 The reward model is a tiny sequence classifier built from a config with the tiny model's tokenizer and fitted
 in seconds to the lexicon judge's scores, so its rewards should rank samples as the lexicon does: measured
@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-import wandb_file
-from conftest import read_results, results_path, run_train
+from helpers import wandb_file
+from helpers.runs import read_results, results_path, run_train
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import synthetic

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trl
 
-from conftest import REPO, free_port, read_results, results_path, run_train
+from helpers.runs import REPO, free_port, read_results, results_path, run_train
 
 TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"
 MULTI_CPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nmixed_precision: 'no'\n"
@@ -106,7 +106,7 @@ def test_real_model_at_the_tiny_learning_rates_gets_a_hint():
 
 
 def test_prune_at_end_keeps_what_keep_at_end_says(tmp_path):
-    from train.config.schema import KeepAtEnd
+    from train.config.choices import KeepAtEnd
     from train.core.files import mark_complete
     from train.trainer.checkpoint import prune_at_end
 

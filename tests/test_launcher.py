@@ -1,5 +1,5 @@
 """accelerate configs that set DeepSpeed, FSDP or mixed precision (TRL ships such ones) are refused at start,
-in one line that says what to launch with instead (issue 13); so is a MULTI_CPU config that would start one process."""
+in one line that says what to launch with instead; so is a MULTI_CPU config that would start one process."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trl
 
-from conftest import REPO, free_port
+from helpers.runs import REPO, free_port
 
 TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"
 

@@ -1,4 +1,4 @@
-"""The layout rules of issue 11, checked on the source (fast tier: under a second each, plus the imports):
+"""The layout rules, checked on the source (fast tier: under a second each, plus the imports):
 the import-linter contracts in pyproject.toml, no import cycles between modules, every module imports,
 module sizes, and imports inside functions only where a comment says they are deliberately deferred.
 """

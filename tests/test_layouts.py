@@ -1,4 +1,4 @@
-"""dpo.batching layouts (issue 14): the same numbers as TRL's padded batch, in less work.
+"""dpo.batching layouts: the same numbers as TRL's padded batch, in less work.
 
 Fast: the layout's geometry and mask; per-token log-probs, entropy, logits and top-1 flags of packed and
 prefix_shared against padded, with gradients, for Llama, Qwen2, Qwen3, Mistral and Phi-3 with sdpa and eager (tiny
@@ -25,7 +25,7 @@ from trl import DPOConfig
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
-from conftest import assert_same_run, read_results, run_train
+from helpers.runs import assert_same_run, read_results, run_train
 from train.config.compose import compose
 from train.config.trainer_args import dpo_loss_types
 from train.core.errors import ConfigError

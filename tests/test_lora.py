@@ -1,4 +1,4 @@
-"""LoRA for SFT (sft.lora) and merged full weights of a LoRA policy (dpo.lora.merge), issue 13: refusals at
+"""LoRA for SFT (sft.lora) and merged full weights of a LoRA policy (dpo.lora.merge): refusals at
 start, the SFT key, merged logits equal base + adapter, and adapters that still load after their run
 directory moves. Logits are compared in fp32 with atol 1e-5: merging only re-associates W x + B A x, so the
 difference is float rounding (measured: max 5.4e-7 for the SFT model, 5.7e-7 for the DPO policy, in a 2-process
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
-from conftest import process_state_restored
+from helpers.runs import process_state_restored
 from test_inprocess import TINY
 from transformers import AutoModelForCausalLM
 

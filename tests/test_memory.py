@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers.runs import REPO
 
 BUFFER_MB = 200
 PROBE = f"""

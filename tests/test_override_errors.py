@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers.runs import REPO
 from train.config.compose import compose, compose_overrides, sweep_combinations
 from train.config.validate import validate
 from train.core.errors import ConfigError

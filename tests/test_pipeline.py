@@ -7,8 +7,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-import wandb_file
-from conftest import read_results, results_path, run_train
+from helpers import wandb_file
+from helpers.runs import read_results, results_path, run_train
 from train.config.compose import compose
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The memory plan (issue 16): architecture numbers, DeepSpeed's estimators, a fake-tensor trace of a DPO step,
+"""The memory plan: architecture numbers, DeepSpeed's estimators, a fake-tensor trace of a DPO step,
 a real CPU step's RSS, the recommendation for llama3_8b, and the launch check."""
 
 import dataclasses
@@ -13,7 +13,7 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 from transformers import LlamaConfig
 
-from conftest import REPO
+from helpers.runs import REPO
 from train import plan as plan_entry
 from train.config.compose import compose
 from train.core.errors import ConfigError

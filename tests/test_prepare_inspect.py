@@ -1,4 +1,4 @@
-"""train.prepare is an inspection tool (issue 13): it writes every converted pair (train and held-out, each
+"""train.prepare is an inspection tool: it writes every converted pair (train and held-out, each
 file named), never needs a test split, and a single local file is the training split whatever the source's
 hub split names are."""
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers.runs import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
 

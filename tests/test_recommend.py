@@ -1,4 +1,4 @@
-"""Which beta (issue 15): the Pareto front, the recommendation and a search trial's objective, on toy rows; the
+"""Which beta: the Pareto front, the recommendation and a search trial's objective, on toy rows; the
 report built from toy run directories; the search sweeper's config. No training here (tests/test_search.py runs
 a real search)."""
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig
 from trl import DPOConfig
 
-from conftest import read_results, run_train
+from helpers.runs import read_results, run_train
 from train.trainer.reference_cache import ReferenceLogpsCache, digest, key_parts, token_ids_fingerprint
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import read_results, run_train
+from helpers.runs import read_results, results_path, run_train
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.pipeline.rounds import check_rounds
@@ -102,3 +102,52 @@ def test_a_run_stopped_in_round_two_resumes_there(two_rounds, shared_output_root
     again = read_results(rerun)["rounds"]
     assert again[1]["pairs"] == results["rounds"][1]["pairs"]
     assert again[0] == results["rounds"][0]
+
+
+def round_rows(run_dir: Path, kind: str, round_index: int = 1) -> list[dict]:
+    files = sorted((run_dir / f"rounds/round-{round_index}/{kind}").rglob("chunk-*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_two_processes_under_zero3_sample_the_same_answers_and_pairs(two_rounds, shared_output_root):
+    """The same SFT model (reused), the same prompts: 2 ranks taking alternate chunks under ZeRO-3 write the answers,
+    labels and pairs one process wrote."""
+    one = Path(read_results(two_rounds)["dpo"]["policy_path"]).parents[2]
+    proc = run_train(*ROUNDS[:3], *ROUNDS[4:], "generate.rounds=1", "generate.chunk_prompts=32", "deepspeed=zero3",
+                     output_root=shared_output_root, nproc=2, timeout=1200)
+    two = results_path(proc).parent
+    assert len(list((two / "rounds/round-1/answers").rglob("chunk-*.jsonl"))) == 4  # 128 prompts / 32, over 2 ranks
+    assert round_rows(two, "answers") == round_rows(one, "answers")
+    assert round_rows(two, "labels") == round_rows(one, "labels")
+    pairs = [(r / "rounds/round-1/pairs/train.jsonl").read_text() for r in (one, two)]
+    assert pairs[0] == pairs[1]
+    assert read_results(proc)["distributed"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_round_labelled_by_people_stops_after_sampling_and_continues_once_pairs_are_imported(shared_output_root):
+    overrides = ("debug=fast", "generate=on_policy", "labeler=annotations", "generate.prompts.max_prompts=32")
+    stopped = run_train(*overrides, output_root=shared_output_root, check=False, timeout=900)
+    assert stopped.returncode == 75, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    line = next(x for x in stopped.stdout.splitlines() if x.startswith("stopped: round 1 waits for labels"))
+    assert "python -m train.annotate export answers=" in line and "python -m train.annotate import" in line
+    out_dir = Path(line.split(" out=")[1].split(";")[0])
+    # What `train.annotate import` writes: TRL pairs with the annotators' scores (here: the longer answer wins).
+    answers = round_rows(out_dir.parents[2], "answers")
+    by_prompt: dict = {}
+    for row in answers:
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    pairs = []
+    for rows in by_prompt.values():
+        best, worst = max(rows, key=lambda r: len(r["answer"])), min(rows, key=lambda r: len(r["answer"]))
+        if best["answer"].strip() and worst["answer"].strip() and best["answer"] != worst["answer"]:
+            pairs.append({"prompt": best["prompt"], "chosen": best["answer"], "rejected": worst["answer"],
+                          "score_chosen": 1.0, "score_rejected": -1.0})
+    out_dir.mkdir(parents=True)
+    (out_dir / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    resumed = run_train(*overrides, output_root=shared_output_root, timeout=900)
+    assert "answers: policy chunk" not in resumed.stdout  # the answers people labelled are not sampled again
+    (record,) = read_results(resumed)["rounds"]
+    assert record["pairs"] == len(pairs) and record["labeler"] == "annotations"

@@ -1,4 +1,4 @@
-"""One run per directory (issue 12) and a finished run left as it is (issue 13)."""
+"""One run per directory and a finished run left as it is."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_results, results_path, run_train
+from helpers.runs import REPO, read_results, results_path, run_train
 from train.core.locks import hold_exclusive, release
 
 pytestmark = pytest.mark.slow

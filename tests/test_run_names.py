@@ -1,4 +1,4 @@
-"""Run directory names (issue 13): readable when short, a prefix plus a hash when long, one directory level
+"""Run directory names: readable when short, a prefix plus a hash when long, one directory level
 whatever the values, the same on every rank and restart; `name=` names a run; `experiment=` names a sweep."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Trust nothing on disk (issue 12): checkpoints carry a manifest that resume verifies, and no file a resume
+"""Trust nothing on disk: checkpoints carry a manifest that resume verifies, and no file a resume
 reads back is unpickled with arbitrary-code loading.
 
 The planted files are real pickles whose `__reduce__` runs `touch <marker>`: the marker appearing means
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_same_run, read_results, run_train
+from helpers.runs import REPO, assert_same_run, read_results, run_train
 from train.core.manifest import MANIFEST, manifest_problem, write_manifest
 from train.runtime.safe_load import FORCE, FORCE_OFF, enforce_weights_only, pickled_files, unsafe_globals
 

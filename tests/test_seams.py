@@ -1,6 +1,6 @@
 """Canaries for train/seams.py: one per private TRL/datasets/transformers/accelerate/Hydra attribute it uses,
 run against the installed libraries, so an upgrade that renames, drops or reshapes one fails here in
-seconds with the library's version in the message (issue 11). The last test keeps every such access in
+seconds with the library's version in the message. The last test keeps every such access in
 train/seams.py: it fails when another module in train/ or launch/ reaches into a library's privates.
 """
 
@@ -379,7 +379,7 @@ def test_the_seam_rule_catches_a_new_private_access(code):
     assert any("new_module.py" in v for v in seam_violations(modules)), code
 
 
-# --- TRL's DPO loss, as beta=adaptive relies on it (train/trainer/adaptive_beta.py MarginProbe, issue 17) --------
+# --- TRL's DPO loss, as beta=adaptive relies on it (train/trainer/adaptive_beta.py MarginProbe) --------
 
 
 def test_trl_dpo_loss_calls_the_policy_once_before_reading_beta():
@@ -400,7 +400,7 @@ def test_trl_dpo_loss_calls_the_policy_once_before_reading_beta():
         "trl", "the DPO loss no longer reads precomputed reference log-probs from the batch")
 
 
-# --- TRL's fused LM head, which train/trainer/logps.py wraps for dpo.batching (issue 14) ----------------------
+# --- TRL's fused LM head, which train/trainer/logps.py wraps for dpo.batching ----------------------
 
 
 def test_trl_dpo_forwards_still_go_through_the_fused_head_with_the_inputs_we_lay_out():
@@ -425,7 +425,7 @@ def test_trl_dpo_forwards_still_go_through_the_fused_head_with_the_inputs_we_lay
 
 
 def test_torch_fake_tensors_and_mem_tracker_still_trace_a_step():
-    """train/models/memory_trace.py: a fake-tensor step attributed by MemTracker (issue 16)."""
+    """train/models/memory_trace.py: a fake-tensor step attributed by MemTracker."""
     import torch
 
     with seams.fake_tensor_mode():

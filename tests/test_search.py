@@ -1,4 +1,4 @@
-"""`make search`: a Bayesian search over beta with Hydra's Optuna sweeper (issue 15), on the smallest sizes."""
+"""`make search`: a Bayesian search over beta with Hydra's Optuna sweeper, on the smallest sizes."""
 
 import csv
 import json
@@ -7,13 +7,10 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
-from wandb_file import records
+from helpers.runs import REPO
+from helpers.wandb_file import records
 
-try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
-    from tests.slurm_fixture import slurm_cluster  # noqa: F401
-except ImportError:
-    from slurm_fixture import slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import slurm_cluster  # noqa: F401
 
 TRIALS = 4
 SMALL = "debug=fast data.synthetic.num_sft=256 data.synthetic.num_pairs=256 eval.num_prompts=16"  # 8 steps each

@@ -1,4 +1,4 @@
-"""SFT checkpoints (issue 12): a signal during SFT saves a complete SFT checkpoint, the run exits 75 (outside
+"""SFT checkpoints: a signal during SFT saves a complete SFT checkpoint, the run exits 75 (outside
 SLURM), and the rerun resumes SFT exactly, finishes it and DPO; a damaged SFT checkpoint falls back to the
 previous one. The fault injector's `@sft` items (DPO_FAULT_INJECT=sigterm:6@sft) act at SFT's steps; here
 SFT has 8."""
@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState
 
-from conftest import assert_same_run, read_results, run_train
+from helpers.runs import assert_same_run, read_results, run_train
 from train.config.compose import compose
 from train.config.trainer_args import build_sft_config
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
@@ -89,7 +89,7 @@ def test_the_rerun_resumes_sft_exactly_and_finishes_both_stages(runs):
     assert results["dpo"]["reference_path"] == str(sft)
     resumed_weights = load_file(sft / "model.safetensors")
     straight_weights = load_file(Path(straight["sft"]["path"]) / "model.safetensors")
-    # within rounding, as the losses (conftest.assert_same_run)
+    # within rounding, as the losses (helpers.runs.assert_same_run)
     assert all(resumed_weights[k].allclose(straight_weights[k], rtol=1e-5, atol=1e-7) for k in straight_weights)
     # One SFT W&B run, continued after the stop (as DPO's is).
     assert len({p.name.rsplit("-", 1)[1] for p in (root / "split" / "sft" / "wandb").glob("offline-run-*")}) == 1

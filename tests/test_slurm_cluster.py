@@ -6,10 +6,7 @@ import time
 
 import pytest
 
-try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
-    from tests.slurm_fixture import slurm_cluster  # noqa: F401
-except ImportError:
-    from slurm_fixture import slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import slurm_cluster  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 

@@ -1,4 +1,4 @@
-"""SIGTERM to every process of a job, W&B's service process included (issue 12): the run saves a complete
+"""SIGTERM to every process of a job, W&B's service process included: the run saves a complete
 checkpoint, requeues (or exits 75 outside SLURM) without a traceback, and the next run resumes and finishes.
 
 A preempting scheduler signals the job's tasks, every process of every step (SLURM's GraceTime: "the job's
@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_results, run_train
+from helpers.runs import REPO, read_results, run_train
 
-try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
-    from tests.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
-except ImportError:
-    from slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
@@ -123,7 +120,7 @@ def test_sigterm_to_every_process_of_a_slurm_job_requeues_and_resumes(slurm_clus
             subprocess.run(["scancel", job_id], timeout=10)
     logs = "".join(p.read_text(errors="replace") for p in sorted(jobs.glob(".submitit/*/*_log.*")))
     assert submit.returncode == 0, out[-3000:] + logs[-3000:]
-    assert ("COMPLETED", 0) not in seen, seen  # the silent stop of issue 12: finished at the first stop
+    assert ("COMPLETED", 0) not in seen, seen  # the silent stop a preempted run once made: finished at the first stop
     assert max(r or 0 for _, r in seen) >= 1, seen  # SLURM's own record: the job was requeued
     assert "got SIGTERM" in logs and "Requeued job" in logs  # submitit's own requeue, after our checkpoint
     assert not unclean(logs), logs[-3000:]

@@ -9,7 +9,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from conftest import process_state_restored, run_train
+from helpers.runs import process_state_restored, run_train
 from test_inprocess import TINY
 from train.config.compose import compose
 from train.core.errors import ConfigError

@@ -1,4 +1,4 @@
-"""A full or read-only disk is one `error:` line naming the path and the cause (issue 12), on the first run
+"""A full or read-only disk is one `error:` line naming the path and the cause, on the first run
 and on a rerun; a read-only output root is refused before anything is written.
 
 Real file systems: small tmpfs mounts (the tests run as root here and in CI)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_train
+from helpers.runs import run_train
 from train.core.storage import storage_problem, unwritable
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers.runs import REPO
 
-try:  # tests/ may or may not be a package, depending on how pytest puts it on sys.path
-    from tests.slurm_fixture import slurm_cluster  # noqa: F401
-except ImportError:
-    from slurm_fixture import slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import slurm_cluster  # noqa: F401
 
 
 def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers.runs import REPO
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import synthetic

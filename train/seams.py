@@ -1,4 +1,4 @@
-"""Every access to a library's private attributes, in one place (issue 11).
+"""Every access to a library's private attributes, in one place.
 
 TRL, datasets, accelerate, transformers and Hydra offer no public API for these; each use says why it is
 needed. tests/test_seams.py holds one canary per attribute against the installed versions, so an
@@ -104,7 +104,7 @@ def reset_accelerate_state() -> None:
 
 
 # --- torch -----------------------------------------------------------------------------------------
-# The memory plan's traced step (train/models/memory_trace.py, issue 16): torch exports neither class publicly.
+# The memory plan's traced step (train/models/memory_trace.py): torch exports neither class publicly.
 # FakeTensorMode gives tensors shapes and dtypes but no storage (an 8B step traced with no memory);
 # MemTracker attributes the live tensors at a step's peak to parameters, gradients, optimizer states and
 # activations. Both checked in torch 2.13.

@@ -1,7 +1,7 @@
 """Session fixture for tests that need the real local 2-node SLURM cluster (n1, n2).
 
 Import it where it is needed (conftest.py or a test module):
-    from slurm_fixture import slurm_cluster  # or: from tests.slurm_fixture import slurm_cluster
+    from helpers.slurm_fixture import slurm_cluster
 `cluster.sh up` is idempotent and takes well under a second when the cluster is already up;
 the cluster is left running at the end so later tests (and people) can keep using it.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "launch" / "slurm" / "cluster.sh"
 NODES = ("n1", "n2")
 

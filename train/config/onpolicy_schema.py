@@ -6,18 +6,11 @@ Kept apart from schema.py, which stays under the module size limit; nothing here
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
+from train.config.choices import GenerateKind, LabelerKind, RoundReference  # noqa: F401 (LabelerKind: schema.py)
 
-class LabelerKind(enum.Enum):
-    """labeler.kind: what scores each sampled answer (train/models/labelers.py)."""
-
-    none = "none"  # no labeler configured
-    reward_model = "reward_model"  # a sequence classifier with one label, as judge=reward_model
-    sentiment = "sentiment"  # a rule of train/data JUDGES (the synthetic task's lexicon)
-    annotations = "annotations"  # human labels: reserved, refused until an annotation source exists
 
 
 @dataclass
@@ -65,18 +58,6 @@ class PromptsSpec:
     max_prompts: Optional[int] = None  # prompts per round; null: every prompt of every source
 
 
-class GenerateKind(enum.Enum):
-    """generate.kind: where the DPO pairs come from."""
-
-    none = "none"  # the data group's pairs (offline DPO)
-    on_policy = "on_policy"  # sampled from the model being tuned, labelled and paired, in rounds
-
-
-class RoundReference(enum.Enum):
-    """generate.reference: the DPO reference of rounds after the first."""
-
-    sft = "sft"  # the SFT model in every round: the KL of every round is to the same model
-    previous = "previous"  # the previous round's policy (each round is plain DPO from its start)
 
 
 @dataclass

@@ -15,16 +15,15 @@ schema because OmegaConf rejects its Union-typed fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from train.config.onpolicy_schema import GenerateConfig, LabelerKind
+from train.config.choices import (Batching, BetaSchedule, JudgeKind, KeepAtEnd, LabelerKind, RankingStrategy,
+                                  Reference, Stage, WandbMode)
+from train.config.onpolicy_schema import GenerateConfig
 from train.config.reward_schema import RewardStageConfig
 
-STAGES = ("all", "sft", "dpo", "eval", "reward")  # stage=: the whole pipeline or one stage (reward: not in all)
-REFERENCE_PLACEMENTS = ("model", "precomputed", "lora")  # dpo.reference=
 
 
 @dataclass
@@ -81,7 +80,7 @@ class SyntheticSpec:
 class RankingSpec:
     """Scored responses -> pairs (train/data/ranking.py), for sources with several answers per prompt."""
 
-    strategy: str = "best_vs_worst"  # best_vs_worst, best_vs_rest, all_pairs or adjacent
+    strategy: RankingStrategy = RankingStrategy.best_vs_worst  # best_vs_worst, best_vs_rest, all_pairs or adjacent
     min_margin: float = 0.0  # smallest score difference that makes a pair (ties never do)
 
 
@@ -123,7 +122,7 @@ class DataConfig:
 class JudgeConfig:
     """What scores samples after DPO (train/models/judges.py); the data group picks the default (conf/judge/)."""
 
-    kind: str = MISSING  # none, reward_model, or a rule of train/data JUDGES (sentiment); one per judge/*.yaml
+    kind: JudgeKind = MISSING  # none, reward_model, or a rule of train/data JUDGES (sentiment); one per judge/*.yaml
     name_or_path: Optional[str] = None  # reward_model: an AutoModelForSequenceClassification directory or hub id
     revision: Optional[str] = None  # reward_model: hub revision (branch, tag or commit) to pin
     dtype: str = "float32"  # reward_model: torch dtype to load it in: float32, bfloat16, float16 or auto
@@ -142,7 +141,7 @@ class LabelerConfig(JudgeConfig):
 
 @dataclass
 class BetaConfig:
-    schedule: str = MISSING  # constant, linear, cosine or adaptive (one per beta/*.yaml; train/trainer/beta.py KINDS)
+    schedule: BetaSchedule = MISSING  # constant, linear, cosine or adaptive (one per beta/*.yaml)
     value: float = 0.1  # DPO temperature; for schedules, the value at step 0; for adaptive, beta0
     final: Optional[float] = None  # schedules only: the value at the last step
     warmup_steps: int = 0  # schedules only: steps held at `value` before the schedule starts
@@ -198,9 +197,9 @@ class DPOStageConfig(StageConfig):
     # Where reference log-probs come from: model (a frozen second copy, sharded like the policy under
     # ZeRO-3), precomputed (once before training; no reference in memory while training), lora (train
     # adapters; the reference is the same weights with adapters disabled, no second copy at all).
-    reference: str = MISSING
+    reference: Reference = MISSING
     # Layout of a DPO micro-batch (train/trainer/layouts.py): auto, padded, packed or prefix_shared.
-    batching: str = MISSING
+    batching: Batching = MISSING
     lora: DPOLoraSpec = field(default_factory=DPOLoraSpec)  # used by reference=lora
 
 
@@ -216,21 +215,13 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     enabled: bool = MISSING  # log to Weights & Biases (online if reachable with a key, else offline files)
-    mode: str = MISSING  # auto, online, offline or disabled
+    mode: WandbMode = MISSING  # auto, online, offline or disabled
     project: str = MISSING  # W&B project
     entity: Optional[str] = MISSING  # W&B team or user; null uses the key's default
     group: Optional[str] = MISSING  # runs grouped together, e.g. one sweep; null: the experiment name
     name: Optional[str] = MISSING  # run name; null: from the command-line overrides (e.g. beta.value=0.1)
     tags: list[str] = MISSING  # free-form tags
 
-
-class KeepAtEnd(str, Enum):
-    """What a finished run keeps of its DPO checkpoints (each a full model with optimizer state); its policy/ holds
-    the final model, which evaluation, a rerun (stage=eval) and the sweep report read."""
-
-    all = "all"  # the checkpoint.keep newest, as during training: to train on from them
-    last = "last"  # the newest one only
-    none = "none"  # none: removed once the run is finished and its policy/ is complete
 
 
 @dataclass
@@ -291,7 +282,7 @@ class MainConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
-    stage: str = MISSING  # all, sft, dpo, eval or reward
+    stage: Stage = MISSING  # all, sft, dpo, eval or reward (reward is not part of all)
     seed: int = MISSING  # one seed for data generation, model init and trainers
     dry_run: bool = MISSING  # build everything, print a summary, stop before training
     output_root: str = MISSING  # runs/, sweeps/, sft/ and models/ live under it

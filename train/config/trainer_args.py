@@ -1,4 +1,4 @@
-"""The one place that builds TRL's SFTConfig / DPOConfig from the composed config.
+"""The one place that builds TRL's SFTConfig / DPOConfig / RewardConfig from the composed config.
 
 The builders only compute keyword arguments and construct the dataclass: no process group, no
 environment variables. Runtime settings (the CPU gloo workaround's accelerator_config) come in through
@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers.integrations import get_available_reporting_integrations
-from trl import DPOConfig, SFTConfig
+from trl import DPOConfig, RewardConfig, SFTConfig
 
 from train.config.typecheck import coerce
 from train.core.errors import ConfigError
+from train.config.choices import Reference
 
 # Keys the pipeline sets itself: taking them from `*.args` would split one setting across two places.
 PIPELINE_OWNED_KEYS = {
@@ -127,7 +128,7 @@ def construct(config_cls: type, stage: str, kwargs: dict[str, Any]):
 
 def build_sft_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> SFTConfig:
     kwargs = common_kwargs(cfg, trainer_args(cfg, "sft", SFTConfig), output_dir)
-    # Checkpoints as DPO's, so a preempted SFT resumes (issue 12); the one transformers saves at the last
+    # Checkpoints as DPO's, so a preempted SFT resumes; the one transformers saves at the last
     # step is dropped by the SFT stage (NoCheckpointAtEnd): its final model is saved right after.
     kwargs.update(checkpoint_kwargs(cfg))
     return construct(SFTConfig, "sft", with_extra(kwargs, extra))
@@ -138,10 +139,16 @@ def build_dpo_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | 
     check_loss_types(args)
     kwargs = common_kwargs(cfg, args, output_dir)
     kwargs["beta"] = cfg.beta.value
-    kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == "precomputed"
+    kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == Reference.precomputed
     kwargs.update(checkpoint_kwargs(cfg))
     return construct(DPOConfig, "dpo", with_extra(kwargs, extra))
 
+
+
+def build_reward_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> RewardConfig:
+    kwargs = common_kwargs(cfg, trainer_args(cfg, "reward", RewardConfig), output_dir)
+    kwargs.update(checkpoint_kwargs(cfg))  # checkpoints and resume as SFT's and DPO's
+    return construct(RewardConfig, "reward", with_extra(kwargs, extra))
 
 def checkpoint_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """Saved every `checkpoint.every_steps` steps and at the end (transformers saves at the last step under

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.config.schema import REFERENCE_PLACEMENTS, STAGES
+from train.config.choices import BetaSchedule, Reference, Stage
 from train.config.trainer_args import build_dpo_config, build_reward_config, build_sft_config
 from train.config.typecheck import check_known_keys
 from train.core.errors import ConfigError
@@ -32,14 +32,10 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "G
 def validate(cfg: DictConfig) -> None:
     check_no_secrets(OmegaConf.to_container(cfg, resolve=False), "")
     check_known_keys(cfg)
-    if cfg.stage not in STAGES:
-        raise ConfigError(f"stage={cfg.stage}: choose one of {', '.join(STAGES)}")
     check_beta(cfg.beta)
-    if cfg.dpo.reference not in REFERENCE_PLACEMENTS:
-        raise ConfigError(f"dpo.reference={cfg.dpo.reference}: choose one of {', '.join(REFERENCE_PLACEMENTS)}")
-    if cfg.dpo.reference == "precomputed" and cfg.dpo.args.get("sync_ref_model"):
+    if cfg.dpo.reference == Reference.precomputed and cfg.dpo.args.get("sync_ref_model"):
         raise ConfigError("dpo.reference=precomputed with dpo.args.sync_ref_model=true: a synced reference cannot be precomputed; pick one")
-    if cfg.dpo.reference != "model" and cfg.dpo.args.get("precompute_ref_log_probs") is not None:
+    if cfg.dpo.reference != Reference.model and cfg.dpo.args.get("precompute_ref_log_probs") is not None:
         raise ConfigError("dpo.args.precompute_ref_log_probs: remove it; choose dpo.reference=precomputed instead")
     check_deepspeed(cfg.deepspeed)
     name = cfg.model.name_or_path
@@ -60,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     for stage, args in (("sft", sft_args), ("dpo", dpo_args), ("reward", reward_args)):
         if cfg[stage].enabled:
             check_training_length(stage, args)
-    if cfg.stage == "reward" and not cfg.reward.enabled:
+    if cfg.stage == Stage.reward and not cfg.reward.enabled:
         raise ConfigError("stage=reward with reward.enabled=false: nothing to train; set reward.enabled=true")
 
 
@@ -94,7 +90,7 @@ def check_beta(beta: DictConfig) -> None:
         value = beta[key]
         if value is not None and value <= 0:
             raise ConfigError(f"beta.{key}={value}: beta must be > 0 (typical 0.05-0.5)")
-    if beta.schedule not in ("constant", "adaptive") and beta.final is None:  # only step schedules end somewhere
+    if beta.schedule not in (BetaSchedule.constant, BetaSchedule.adaptive) and beta.final is None:  # only step schedules end somewhere
         raise ConfigError(f"beta.final is required by beta={beta.schedule}: set beta.final=<value>")
 
 

@@ -17,3 +17,11 @@ class Preempted(Exception):
     def __init__(self, message: str, requeued: bool) -> None:
         super().__init__(message)
         self.requeued = requeued
+
+
+class AwaitingLabels(Preempted):
+    """An on-policy round with labeler=annotations exported its answers: people label them, then the same command
+    continues the round. The message says exactly what to run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, requeued=False)

@@ -1,5 +1,5 @@
 """Files that readers see whole or not at all, the marker that says a directory is finished, content
-hashes, and the sweep that removes what interrupted writers left behind (issue 12)."""
+hashes, and the sweep that removes what interrupted writers left behind."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def memoized_sha256(path: Path, memo_dir: Path) -> str:
     return value
 
 
-# What interrupted writers leave behind, by name (issue 12). A writer with a pid in the name is gone when that
+# What interrupted writers leave behind, by name. A writer with a pid in the name is gone when that
 # pid is not alive here and the file has not changed for PID_GRACE_S (on a file system shared between nodes the
 # pid may be alive on another machine, but those writes take seconds). Without a pid: STALE_S untouched.
 PID_TEMP = re.compile(r"^.+\.(\d+)\.tmp$")  # atomic_write_text's `<name>.<pid>.tmp`

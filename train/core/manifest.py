@@ -1,4 +1,4 @@
-"""A checkpoint's manifest: every file's relative path, size and sha256, written before COMPLETE (issue 12).
+"""A checkpoint's manifest: every file's relative path, size and sha256, written before COMPLETE.
 
 COMPLETE says that every rank finished writing; the manifest says that what is on disk now is what was
 written then. A file flipped in place (same size) or truncated after the save, or a file added or removed,

@@ -140,7 +140,7 @@ def describe(err: BaseException) -> str:
 def fingerprint(data: DictConfig, memo_dir: Path) -> list:
     """What identifies the source's content for the caches: a hub id as given (its revision is in the config);
     local files as split -> their sha256s in reading order, memoized by size and mtime under `memo_dir`. Never
-    the path: a copied or moved source hits the same caches, a changed file misses (issue 12)."""
+    the path: a copied or moved source hits the same caches, a changed file misses."""
     source = None if OmegaConf.is_missing(data, "source") else data.source
     if source is None or not Path(str(source)).expanduser().exists():
         return [source]

@@ -55,7 +55,7 @@ class PreferenceData:
     def content_fingerprint(self, split: str = "train_pairs") -> str:
         """sha256 of a prepared split's file (DPO's training pairs, or SFT's rows): what a resumed run must train
         on. Unlike datasets' fingerprint of the loaded split, it does not change with the file's path (a copied
-        output root: issue 12)."""
+        output root)."""
         return sha256_file(Path(self.files[split]))
 
 
@@ -136,7 +136,7 @@ def hash_memo_dir(cfg: DictConfig) -> Path:
 
 def data_identity(cfg: DictConfig) -> dict:
     """The data config as cache keys see it: data.source by content when it is local, so a copied or moved
-    source keeps its prepared data and its SFT model; a hub id stays as given (issue 12)."""
+    source keeps its prepared data and its SFT model; a hub id stays as given."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data["source"] = fingerprint(cfg.data, hash_memo_dir(cfg))
     return data

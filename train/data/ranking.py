@@ -11,8 +11,9 @@ earlier response (input order) counts as the better-ranked one, so the result is
 """
 
 from __future__ import annotations
+from train.config.choices import RankingStrategy
 
-STRATEGIES = ("best_vs_worst", "best_vs_rest", "all_pairs", "adjacent")
+STRATEGIES = tuple(RankingStrategy)  # data.ranking.strategy=
 
 
 def rank_to_pairs(prompt, responses: list[str], scores: list[float], strategy: str = "best_vs_worst",
@@ -34,11 +35,11 @@ def candidate_pairs(scores: list[float], strategy: str) -> list[tuple[int, int]]
     if strategy not in STRATEGIES:
         raise ValueError(f"ranking strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if strategy == "best_vs_worst":
+    if strategy == RankingStrategy.best_vs_worst:
         return [(order[0], order[-1])] if order else []
-    if strategy == "best_vs_rest":
+    if strategy == RankingStrategy.best_vs_rest:
         return [(order[0], j) for j in order[1:]]
-    if strategy == "all_pairs":
+    if strategy == RankingStrategy.all_pairs:
         return [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
     return list(zip(order, order[1:]))
 

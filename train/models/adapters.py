@@ -1,5 +1,5 @@
 """LoRA adapters (sft.lora, dpo.lora): their peft config, the checks at start, the base model's path pinned into
-the saved adapter, and merged full weights (issue 13).
+the saved adapter, and merged full weights.
 
 An adapter directory is only half a model: peft's AutoPeftModelForCausalLM loads its base from
 `base_model_name_or_path` in adapter_config.json, which TRL writes as the string the trainer was given (a
@@ -21,6 +21,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from train.core.errors import ConfigError
 from train.core.files import read_json
 from train.core.paths import looks_like_local_path
+from train.config.choices import Reference
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_DIR = "adapter"  # next to merged full weights: sft/<key>/adapter/, policy/adapter/ with dpo.lora.merge
@@ -39,7 +40,7 @@ def active_lora_specs(cfg: DictConfig) -> dict[str, DictConfig]:
     specs = {}
     if cfg.sft.enabled and cfg.sft.lora.enabled:
         specs["sft.lora"] = cfg.sft.lora
-    if cfg.dpo.enabled and cfg.dpo.reference == "lora":
+    if cfg.dpo.enabled and cfg.dpo.reference == Reference.lora:
         specs["dpo.lora"] = cfg.dpo.lora
     return specs
 
@@ -49,7 +50,7 @@ def check_lora_settings(cfg: DictConfig) -> None:
     if cfg.sft.lora.enabled and not cfg.sft.enabled:
         raise ConfigError("sft.lora.enabled=true but sft.enabled=false: no SFT runs to train adapters; "
                           "set sft.enabled=true or drop sft.lora.enabled")
-    if cfg.dpo.lora.merge and cfg.dpo.reference != "lora":
+    if cfg.dpo.lora.merge and cfg.dpo.reference != Reference.lora:
         raise ConfigError(f"dpo.lora.merge=true but dpo.reference={cfg.dpo.reference}: only a LoRA policy has "
                           "adapters to merge (the policy is already full weights); "
                           "set dpo.reference=lora or drop dpo.lora.merge")

@@ -22,8 +22,8 @@ from train.core.errors import ConfigError
 from train.core.paths import looks_like_local_path
 from train.data import JUDGES
 from train.models.loading import resolve_chat_template
+from train.config.choices import JudgeKind
 
-KINDS = ("none", "reward_model", *JUDGES)  # judge.kind=
 
 
 class Judge(Protocol):
@@ -76,11 +76,12 @@ class RewardModelJudge:
 def check_config(cfg: DictConfig) -> None:
     """The judge group, without reading any file: a known kind, and what reward_model needs."""
     judge = cfg.judge
-    if judge.kind not in KINDS:
-        raise ConfigError(f"judge.kind={judge.kind}: choose one of {', '.join(KINDS)} (judge=<name> picks one)")
+    if judge.kind not in (JudgeKind.none, JudgeKind.reward_model) and judge.kind not in JUDGES:
+        raise ConfigError(f"judge.kind={judge.kind}: no such rule in train/data JUDGES ({', '.join(JUDGES)}); "
+                          "pick another judge (judge=<name>)")
     # A missing name_or_path is refused by check_reward_model, before training: an option must compose and pass
     # these checks on its own (tests/test_config.py), as data=custom does without its required data.source.
-    if judge.kind == "reward_model":
+    if judge.kind == JudgeKind.reward_model:
         check_reward_model_settings(judge)
 
 
@@ -99,7 +100,7 @@ def check_reward_model_settings(judge: DictConfig, key: str = "judge") -> None:
 def check_reward_model(cfg: DictConfig) -> None:
     """Before training, what would otherwise fail at evaluation, after it: the reward model's config (one
     label) and tokenizer (a chat template for chat data). Reads no weights."""
-    if cfg.judge.kind == "reward_model":
+    if cfg.judge.kind == JudgeKind.reward_model:
         check_reward_model_spec(cfg.judge, cfg.data.conversational)
 
 
@@ -142,7 +143,7 @@ def load_judge_tokenizer(judge: DictConfig, conversational: bool, key: str = "ju
 def load_judge(cfg: DictConfig, device: torch.device, progress: bool = False) -> Optional[Judge]:
     """The configured judge (None for judge=none); a reward model is loaded whole onto `device`."""
     judge = cfg.judge
-    if judge.kind == "none":
+    if judge.kind == JudgeKind.none:
         return None
     if judge.kind in JUDGES:
         return RuleJudge(JUDGES[judge.kind])
@@ -163,9 +164,9 @@ def load_reward_model(judge: DictConfig, conversational: bool, device: torch.dev
 
 def describe(cfg: DictConfig) -> Optional[str]:
     """The judge as results.json names it: its kind, and for a reward model what was loaded."""
-    if cfg.judge.kind == "none":
+    if cfg.judge.kind == JudgeKind.none:
         return None
-    return f"reward_model:{cfg.judge.name_or_path}" if cfg.judge.kind == "reward_model" else cfg.judge.kind
+    return f"reward_model:{cfg.judge.name_or_path}" if cfg.judge.kind == JudgeKind.reward_model else str(cfg.judge.kind)
 
 
 def first_line(err: Exception) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from train.config.onpolicy_schema import LabelerKind
+from train.config.choices import LabelerKind
 from train.core.errors import ConfigError
 from train.data import JUDGES
 from train.data.ranking import STRATEGIES, candidate_pairs, prefers
@@ -44,9 +44,6 @@ def kind_of(labeler: DictConfig) -> LabelerKind:
 def check_config(cfg: DictConfig) -> None:
     """The labeler group, without reading any file: a kind that can label, and reward_model's sizes."""
     kind = kind_of(cfg.labeler)
-    if kind == LabelerKind.annotations:
-        raise ConfigError("labeler.kind=annotations: human labels are not available yet; use labeler=reward_model "
-                          "(with labeler.name_or_path) or labeler=sentiment")
     if kind not in MODEL_KINDS and kind.value not in JUDGES:  # an Enum member without a rule behind it
         raise ConfigError(f"labeler.kind={kind.value}: no such rule in train/data JUDGES "
                           f"({', '.join(JUDGES)}); pick another labeler")

@@ -24,11 +24,12 @@ import itertools
 
 from omegaconf import DictConfig
 
+from train.config.choices import Reference, ZeroOption
 from train.models.architecture import Architecture, from_model_config
 from train.models.memory_plan import (GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes,
                                       host_bytes_per_node, plan)
 
-REFERENCES = ("precomputed", "model", "lora")
+REFERENCES = (Reference.precomputed, Reference.model, Reference.lora)  # in the plan's order
 ZERO_COST = {"none": 1.0, "zero1": 1.0, "zero2": 1.05, "zero3": 1.15, "zero3_offload": 2.0}
 CHECKPOINTING_COST, REFERENCE_FORWARD_COST, HALVING_COST = 1.33, 1.33, 1.1
 # TRL's DPOConfig defaults, for keys a config leaves out of dpo.args.
@@ -65,7 +66,7 @@ class Candidate:
 def zero_option(deepspeed: DictConfig) -> str:
     zero = (deepspeed.config or {}).get("zero_optimization", {}) if deepspeed.stage else {}
     offloaded = any((zero.get(k) or {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
-    return "zero3_offload" if deepspeed.stage == 3 and offloaded else ZERO_OPTIONS[deepspeed.stage]
+    return ZeroOption.zero3_offload if deepspeed.stage == 3 and offloaded else ZERO_OPTIONS[deepspeed.stage]
 
 
 def lora_parameters(arch: Architecture, r: int, targets: list[str]) -> int:
@@ -85,7 +86,7 @@ def setting_from_config(cfg: DictConfig, arch: Architecture, gpus_per_node: int,
 def cost(s: Setting, given: Setting) -> float:
     halvings = (given.micro_batch // s.micro_batch).bit_length() - 1
     return round(ZERO_COST[s.zero] * (CHECKPOINTING_COST if s.gradient_checkpointing else 1.0)
-                 * (REFERENCE_FORWARD_COST if s.reference == "model" else 1.0) * HALVING_COST ** halvings, 3)
+                 * (REFERENCE_FORWARD_COST if s.reference == Reference.model else 1.0) * HALVING_COST ** halvings, 3)
 
 
 def overrides(s: Setting, given: Setting, user_overrides: list[str], dpo_args: DictConfig) -> list[str]:
@@ -140,7 +141,7 @@ def candidates(arch: Architecture, given: Setting, gpu_memory_gb: float, user_ov
 def recommend(found: list[Candidate]) -> Candidate | None:
     """The cheapest candidate that fits; LoRA only when no full fine-tuning fits; ties go to less sharding."""
     fitting = [c for c in found if c.fits]
-    full = [c for c in fitting if c.setting.reference != "lora"]
+    full = [c for c in fitting if c.setting.reference != Reference.lora]
     pool = full or fitting
     if not pool:
         return None
@@ -150,10 +151,10 @@ def recommend(found: list[Candidate]) -> Candidate | None:
 def lora_note(found: list[Candidate], best: Candidate | None) -> str | None:
     """Why the recommendation is (or is not) LoRA, when a LoRA candidate fits: the ranking puts full fine-tuning
     first whenever any fits, so a LoRA row with less memory or a lower cost can sit above or below it in the table."""
-    lora = [c for c in found if c.fits and c.setting.reference == "lora"]
+    lora = [c for c in found if c.fits and c.setting.reference == Reference.lora]
     if best is None or not lora:
         return None
-    if best.setting.reference == "lora":
+    if best.setting.reference == Reference.lora:
         return ("LoRA recommended: no full fine-tuning fits; LoRA trains adapters on a frozen base, a different "
                 "result from full fine-tuning")
     smallest, cheapest = min(lora, key=lambda c: c.memory.total), min(lora, key=lambda c: c.cost)

@@ -26,9 +26,10 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from train.models.architecture import Architecture
+from train.config.choices import Reference, ZeroOption
 
 GIB = 2**30
-ZERO_OPTIONS = ("none", "zero1", "zero2", "zero3", "zero3_offload")  # the deepspeed group's options
+ZERO_OPTIONS = tuple(ZeroOption)  # the deepspeed group's options
 ZERO_STAGE = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
 # trl/kernels/chunked_logprob.py: TOKEN_CHUNK_SIZE and the trainer's _CHUNKED_LOGPROB_CHUNK_SIZE.
 HEAD_TOKENS_PER_TILE, HEAD_VOCAB_PER_TILE = 4096, 32768
@@ -97,7 +98,7 @@ def deepspeed_model_states(total_params: int, largest_layer: int, s: Setting) ->
     """DeepSpeed's estimate of params + grads + optimizer states per GPU (ZeRO-2 for stages 1-2: DeepSpeed has
     none for stage 1, which is never smaller than it). Needs 16-bit training: its multipliers assume it."""
     if ZERO_STAGE[s.zero] == 3:
-        offload = s.zero == "zero3_offload"
+        offload = s.zero == ZeroOption.zero3_offload
         _, gpu, _ = estimate_zero3_model_states_mem_needs(total_params, largest_layer, s.gpus_per_node, s.nodes,
                                                           cpu_offload=offload, cpu_offload_params=offload)
         return gpu
@@ -113,23 +114,23 @@ def model_states(arch: Architecture, s: Setting) -> tuple[int, int, int]:
     gradients on every GPU (only the optimizer is partitioned). LoRA: the frozen base in the weight dtype,
     and fp32 adapters (PEFT's autocast_adapter_dtype) with their gradients and Adam moments."""
     P, N, w = arch.num_parameters, s.gpus, s.weight_bytes
-    if s.reference == "lora":
+    if s.reference == Reference.lora:
         base = (w * P // N + 4 * arch.largest_layer_params) if ZERO_STAGE[s.zero] == 3 else w * P
-        if s.zero == "zero3_offload":
+        if s.zero == ZeroOption.zero3_offload:
             base = 4 * arch.largest_layer_params
         return base + 4 * s.lora_params, 4 * s.lora_params, 8 * s.lora_params
-    if s.zero == "none":
+    if s.zero == ZeroOption.none:
         # Plain torch: gradients and AdamW's two moments in the weights' dtype (pure bf16 with bf16 weights).
         return w * P, w * P, 2 * w * P
     total = deepspeed_model_states(P, arch.largest_layer_params, s)
-    if s.zero == "zero3_offload":
+    if s.zero == ZeroOption.zero3_offload:
         return total, 0, 0  # only the gathered working layer stays on the GPU
     if ZERO_STAGE[s.zero] == 3:
         params, grads = 2 * P // N + 4 * arch.largest_layer_params, 4 * P // N
     else:
         params, grads = 2 * P, 6 * P // N
     optimizer = total - params - grads
-    if s.zero == "zero1":
+    if s.zero == ZeroOption.zero1:
         grads += 2 * P - 2 * P // N  # stage 1 partitions the optimizer only: full 16-bit gradients on every GPU
     return params, grads, optimizer
 
@@ -137,9 +138,9 @@ def model_states(arch: Architecture, s: Setting) -> tuple[int, int, int]:
 def reference_bytes(arch: Architecture, s: Setting) -> int:
     """The reference copy: only with reference=model; TRL shards it like the policy under ZeRO-3 (offloaded
     with zero3_offload) and keeps a full replica per GPU otherwise."""
-    if s.reference != "model":
+    if s.reference != Reference.model:
         return 0
-    if s.zero == "zero3_offload":
+    if s.zero == ZeroOption.zero3_offload:
         return 0
     if ZERO_STAGE[s.zero] == 3:
         return s.weight_bytes * arch.num_parameters // s.gpus
@@ -186,7 +187,7 @@ def logits_bytes(arch: Architecture, s: Setting) -> int:
     N = s.sequences * (s.max_length - 1)  # next-token labels: one position fewer per sequence
     tokens_per_tile = min(N, HEAD_TOKENS_PER_TILE)
     a, d, V = activation_dtype_bytes(s), arch.hidden_size, arch.vocab_size
-    trained_head = s.reference != "lora"
+    trained_head = s.reference != Reference.lora
     fixed = a * tokens_per_tile * HEAD_VOCAB_PER_TILE + 4 * HEAD_STATS_PER_TOKEN * N + 4 * N * d
     fixed += 4 * V * d if trained_head else 0
     fold_copies = 0 if s.triton else TORCH_FOLD_TILE_COPIES * 4 * tokens_per_tile * min(V, HEAD_VOCAB_PER_TILE)
@@ -201,7 +202,7 @@ def buffer_bytes(arch: Architecture, s: Setting) -> int:
     total = CUDA_FIXED_BYTES if s.cuda else 0
     d2, stage = arch.hidden_size ** 2, ZERO_STAGE[s.zero]
     if stage == 0 and s.gpus > 1:
-        trainable = s.lora_params * 4 if s.reference == "lora" else arch.num_parameters * s.weight_bytes
+        trainable = s.lora_params * 4 if s.reference == Reference.lora else arch.num_parameters * s.weight_bytes
         total += trainable
     elif stage in (1, 2):
         total += 2 * (2 * d2) + 2 * ALLGATHER_BUCKET
@@ -216,13 +217,13 @@ def host_bytes_per_node(arch: Architecture, s: Setting) -> int:
     per parameter spread over the nodes (16-bit and fp32 params, fp32 gradients, Adam's two moments); a
     reference=model copy, sharded and offloaded like the policy, adds its weights; under LoRA the frozen base
     in the weight dtype, and the fp32 adapters with their states. The processes' own memory comes on top."""
-    if s.zero != "zero3_offload":
+    if s.zero != ZeroOption.zero3_offload:
         return 0
-    if s.reference == "lora":
+    if s.reference == Reference.lora:
         return int(1.5 * (s.weight_bytes * arch.num_parameters + 18 * s.lora_params) / s.nodes)
     cpu, _, _ = estimate_zero3_model_states_mem_needs(arch.num_parameters, arch.largest_layer_params, s.gpus_per_node,
                                                       s.nodes, cpu_offload=True, cpu_offload_params=True)
-    reference = s.weight_bytes * arch.num_parameters // s.nodes if s.reference == "model" else 0
+    reference = s.weight_bytes * arch.num_parameters // s.nodes if s.reference == Reference.model else 0
     return cpu + reference
 
 

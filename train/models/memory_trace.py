@@ -24,6 +24,7 @@ from train import seams
 from train.core.errors import ConfigError
 from train.models.architecture import Architecture, transformers_config
 from train.models.memory_plan import Setting
+from train.config.choices import Reference, ZeroOption
 
 # What DPOTrainer asks of its fused head (trl/trainer/dpo_trainer.py, use_weighting off).
 DPO_HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -39,7 +40,7 @@ class TracedStep:
 
 def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedStep:
     """Peak memory of one DPO step of `s` on a single device (no sharding: `s.zero` must be "none")."""
-    if s.zero != "none" or s.reference == "lora":
+    if s.zero != ZeroOption.none or s.reference == Reference.lora:
         raise ConfigError("the fake-tensor trace covers a single device without DeepSpeed or LoRA")
     numbers = {k: getattr(arch, k) for k in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
                                              "num_attention_heads", "num_key_value_heads", "vocab_size",
@@ -48,7 +49,7 @@ def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedS
     with seams.fake_tensor_mode():
         policy = build(config, s)
         # The reference keeps requires_grad (MemTracker hooks every parameter's gradient) but runs under no_grad.
-        reference = build(config, s) if s.reference == "model" else None
+        reference = build(config, s) if s.reference == Reference.model else None
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
         input_ids = torch.randint(0, arch.vocab_size, (s.sequences, s.max_length))
         batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids}

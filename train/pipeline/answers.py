@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from train.core.errors import ConfigError
 from train.core.files import read_json, write_json, write_jsonl
@@ -90,6 +91,9 @@ def generate_answers(cfg: DictConfig, models: list[tuple[str, str]], prompts: li
                      round_index: int) -> list[dict]:
     """Every answer of the round, in (model, prompt, sample) order, on every rank: {prompt_id, prompt, model, sample,
     answer, tokens, stopped, round}."""
+    # Sampling loads whole models on every rank; with a trainer's ZeRO-3 config still registered, from_pretrained
+    # would partition them with zero.Init and wait forever for the other ranks (as evaluation does).
+    unset_hf_deepspeed_config()
     rank, world, device = join_process_group(cfg)
     start_fresh_if_changed(round_dir, settings(cfg, models, prompts, round_index))
     g, size = cfg.generate, cfg.generate.chunk_prompts
@@ -121,6 +125,7 @@ def generate_answers(cfg: DictConfig, models: list[tuple[str, str]], prompts: li
 
 def label_answers(cfg: DictConfig, models: list[tuple[str, str]], num_prompts: int, round_dir: Path) -> list[float]:
     """The labeler's score of every answer, in generate_answers' order (each rank labels its own chunks)."""
+    unset_hf_deepspeed_config()
     rank, world, device = join_process_group(cfg)
     chunks = (num_prompts + cfg.generate.chunk_prompts - 1) // cfg.generate.chunk_prompts
     todo = [(name, c) for name, _ in models for c in my_chunks(chunks, rank, world)

@@ -22,6 +22,7 @@ from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
 from train.trainer.builders import build_dpo_trainer, reference_forward, release
 from train.trainer.throughput import ThroughputCallback
+from train.config.choices import Reference
 
 
 def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Path, wandb_run,
@@ -39,7 +40,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     resume_from = train_resumably(cfg, trainer, run_signature(cfg, trainer, data.content_fingerprint()), run_dir, wandb_run)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
-    merge = cfg.dpo.reference == "lora" and cfg.dpo.lora.merge
+    merge = cfg.dpo.reference == Reference.lora and cfg.dpo.lora.merge
     # Under ZeRO-3 the weights (or the adapter) are gathered into one full copy on the main process.
     trainer.save_model(str(policy_dir / ADAPTER_DIR if merge else policy_dir))
     trainer.accelerator.wait_for_everyone()
@@ -70,7 +71,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
 def finish_policy(cfg: DictConfig, policy_dir: Path, reference: Path, merge: bool) -> None:
     """A LoRA policy names its base (the reference) by absolute path, so it loads after the run directory moves;
     with dpo.lora.merge, policy/ holds merged full weights and the adapter moves to policy/adapter/."""
-    if cfg.dpo.reference == "lora":
+    if cfg.dpo.reference == Reference.lora:
         adapter = policy_dir / ADAPTER_DIR if merge else policy_dir
         pin_base_model(adapter, str(reference), cfg.model.revision)
         if merge:  # meanwhile the other ranks wait in distributed_summary's gather (faults.collective_timeout_s)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from train.config.choices import Stage
 from train.config.trainer_args import build_dpo_config, build_sft_config
 from train.config.validate import single_process_view
 from train.core.ranks import world_size
@@ -51,12 +52,12 @@ def dry_run(cfg: DictConfig, base_path: str, data: PreferenceData, run_dir: Path
                                                 dpo_args.max_length)},
         "sft_dir": str(sft_output_dir(cfg)),
     }
-    for stage in ("sft", "dpo"):
+    for stage in (Stage.sft, Stage.dpo):
         s = summary[stage]
-        for line in plan_warnings(stage, s, summary["rows"]["sft" if stage == "sft" else "train_pairs"]):
+        for line in plan_warnings(stage, s, summary["rows"]["sft" if stage == Stage.sft else "train_pairs"]):
             print(line, flush=True)
         print(f"plan: {stage}: {s['optimizer_steps']} optimizer steps of {s['global_batch']} "
-              f"{'pairs' if stage == 'dpo' else 'rows'} on {processes} process(es), {s['tokens_per_epoch']} tokens "
+              f"{'pairs' if stage == Stage.dpo else 'rows'} on {processes} process(es), {s['tokens_per_epoch']} tokens "
               f"per epoch{'' if s['enabled'] else ' (stage off)'}", flush=True)
     print("dry run: " + json.dumps(summary), flush=True)
     return summary

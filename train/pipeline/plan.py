@@ -8,6 +8,7 @@ import math
 
 from omegaconf import DictConfig
 
+from train.config.choices import Stage
 from train.core.ranks import is_main_process
 
 
@@ -60,8 +61,10 @@ def eval_banner(prompts: int, processes: int, max_new_tokens: int, temperature: 
 def stage_details(cfg: DictConfig, stage: str) -> str:
     """What else decides how a stage trains: adapters, and for DPO beta, the reference and the ZeRO stage."""
     zero = deepspeed_text(cfg.deepspeed.stage, cfg.deepspeed.config)
-    if stage == "sft":
+    if stage == Stage.sft:
         return ", ".join(x for x in (f"LoRA r {cfg.sft.lora.r}" if cfg.sft.lora.enabled else "", zero) if x)
+    if stage == Stage.reward:  # full fine-tuning of the classifier, from the SFT or the base model
+        return f"from the {'SFT' if cfg.sft.enabled else 'base'} model, {zero}"
     return f"beta {cfg.beta.value:g} ({cfg.beta.schedule}), reference {cfg.dpo.reference}, {zero}"
 
 
@@ -76,7 +79,7 @@ def deepspeed_text(stage: int, config) -> str:
 def announce_training(stage: str, cfg: DictConfig, trainer, rows: int) -> None:
     """The stage's banner, then what a user would want to hear before it trains (main process only)."""
     if is_main_process():
-        processes, unit = trainer.accelerator.num_processes, "pairs" if stage == "dpo" else "rows"
+        processes, unit = trainer.accelerator.num_processes, "pairs" if stage in (Stage.dpo, Stage.reward) else "rows"
         print(training_banner(stage, trainer.args, rows, processes, unit, stage_details(cfg, stage)), flush=True)
         for line in plan_warnings(stage, optimizer_steps(trainer.args, rows, processes), rows):
             print(line, flush=True)

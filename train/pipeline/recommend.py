@@ -1,4 +1,4 @@
-"""Which beta? A sweep's reward-KL Pareto front, the beta it recommends, and a search trial's objective (issue 15).
+"""Which beta? A sweep's reward-KL Pareto front, the beta it recommends, and a search trial's objective.
 
 Pure functions over the report's rows ({"run", "status", "results": results.json}); tests/test_recommend.py
 runs them on toy rows. A sweep is ranked by the judge's mean reward of policy samples when its runs have
@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from train.config.choices import BetaSchedule
 from train.core.errors import ConfigError
 from train.pipeline.uncertainty import (CONFIDENCE, RESAMPLES, SEED, Interval, accuracy_interval,
                                         judge_interval)
@@ -97,7 +98,7 @@ class Point:
     def beta_text(self) -> str:
         """beta=0.1, or beta=adaptive (0.1 at step 0) where beta moves during training."""
         value = "?" if self.beta is None else f"{self.beta:g}"
-        return f"beta={value}" if self.schedule == "constant" else f"beta={self.schedule} ({value} at step 0)"
+        return f"beta={value}" if self.schedule == BetaSchedule.constant else f"beta={self.schedule} ({value} at step 0)"
 
 
 def scored(rows: list[dict], metric: str) -> tuple[list[Point], list[tuple[str, str]]]:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from train.core.files import read_json, write_json
+from train.config.choices import Stage
 
 RESULTS = "results.json"
 
@@ -64,7 +65,7 @@ class EvalResult:
 
 def start_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """A stage run on its own (stage=dpo|eval|reward) adds to the run's results; stage=all|sft starts afresh."""
-    results = read_json(run_dir / RESULTS, {}) if cfg.stage in ("dpo", "eval", "reward") else {}
+    results = read_json(run_dir / RESULTS, {}) if cfg.stage in (Stage.dpo, Stage.eval, Stage.reward) else {}
     results.setdefault("runtime_s", {})
     results.update(beta=cfg.beta.value, beta_schedule=OmegaConf.to_container(cfg.beta), experiment=cfg.experiment)
     return results

@@ -1,5 +1,5 @@
 """What SFT and DPO share: train from the newest complete checkpoint, and on a signal save at the step
-boundary, record the stop, requeue, and stop (issues 6 and 12)."""
+boundary, record the stop, requeue, and stop."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def stop_after_preemption(preemption: PreemptionCallback, run_dir: Path, is_main
     """Record the stop in <run dir>/preemptions.jsonl, requeue (main process), close W&B, stop this process.
 
     The requeue comes before anything that needs a helper process: the signal may have ended W&B's service
-    too (issue 12), and closing it (errors caught) comes after, even when submitit's requeue exits."""
+    too, and closing it (errors caught) comes after, even when submitit's requeue exits."""
     seconds = time.monotonic() - preemption.flag_time if preemption.flag_time else 0.0
     message = f"checkpoint at step {preemption.stopped_at_step} complete {seconds:.1f} s after the signal"
     if not is_main_process:

@@ -12,14 +12,15 @@ resumes from its chunk files and its DPO checkpoint. The last round's policy is 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.config.onpolicy_schema import GenerateKind, RoundReference
+from train.config.choices import GenerateKind, LabelerKind, Reference, RoundReference, Stage
 from train.config.schema import ColumnsSpec
-from train.core.errors import ConfigError
+from train.core.errors import AwaitingLabels, ConfigError
 from train.core.files import is_complete, mark_complete, read_json, write_json, write_jsonl
 from train.core.ranks import is_main_process, world_size
 from train.data import PreferenceData, load_preference_data
@@ -36,7 +37,7 @@ PAIRS = "pairs"
 
 
 def on_policy(cfg: DictConfig) -> bool:
-    return GenerateKind(str(getattr(cfg.generate.kind, "value", cfg.generate.kind))) == GenerateKind.on_policy
+    return cfg.generate.kind == GenerateKind.on_policy
 
 
 def check_rounds(cfg: DictConfig, data: PreferenceData) -> None:
@@ -53,10 +54,10 @@ def check_rounds(cfg: DictConfig, data: PreferenceData) -> None:
     if g.temperature < 0 or not 0 < g.top_p <= 1:
         raise ConfigError(f"generate.temperature={g.temperature} / generate.top_p={g.top_p}: need temperature >= 0 "
                           "and 0 < top_p <= 1")
-    if str(cfg.dpo.reference) == "lora":
+    if cfg.dpo.reference == Reference.lora:
         raise ConfigError("generate=on_policy with dpo.reference=lora: each round starts from the previous round's "
                           "full weights; use dpo.reference=model or dpo.reference=precomputed")
-    if not cfg.dpo.enabled or cfg.stage not in ("all", "dpo"):
+    if not cfg.dpo.enabled or cfg.stage not in (Stage.all, Stage.dpo):
         return
     check_labeler(cfg)
     select_prompts(g.prompts, data_prompts(data), cfg.seed + 1, where="generate.prompts")
@@ -112,9 +113,13 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
         for line in format_report(prompt_report):
             print(line, flush=True)
     answers = generate_answers(cfg, models, prompts, round_dir, k)
-    scores = label_answers(cfg, models, len(prompts), round_dir)
-    groups, empty = group_answers(answers, scores)
-    pairs, counts = make_pairs(groups, cfg.data.ranking)  # the same on every rank
+    if cfg.labeler.kind == LabelerKind.annotations:  # people label: the pairs come from train.annotate import
+        pairs, counts, empty = annotated_pairs(cfg, round_dir, k), {"pairs": 0}, 0
+        counts["pairs"] = len(pairs)
+    else:
+        scores = label_answers(cfg, models, len(prompts), round_dir)
+        groups, empty = group_answers(answers, scores)
+        pairs, counts = make_pairs(groups, cfg.data.ranking)  # the same on every rank
     pairs = [{**p, "round": k} for p in pairs]
     chosen = sum(p["score_chosen"] for p in pairs) / len(pairs)
     rejected = sum(p["score_rejected"] for p in pairs) / len(pairs)
@@ -125,12 +130,12 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
         write_pairs(round_dir / PAIRS, pairs, data)
     barrier()
     round_data = load_round_data(cfg, round_dir / PAIRS, data, load_tokenizer(cfg, str(policy)))
-    reference = sft if k == 1 or RoundReference(getattr(g.reference, "value", g.reference)) == RoundReference.sft else policy
+    reference = sft if k == 1 or g.reference == RoundReference.sft else policy
     dpo = run_dpo(cfg, reference, round_data, round_dir, wandb_run, start_from=policy)
     evaluation = run_eval(cfg, round_dir / "policy", sft, data, round_dir) if cfg.eval.enabled else None
     metrics = evaluation.metrics if evaluation else {}
     record = {"round": k, "prompts": len(prompts), "answers": len(answers), "empty_answers": empty, "pairs": len(pairs),
-              "tied_prompts": counts["tied_prompts"], "ties_skipped": counts["ties_skipped"],
+              "tied_prompts": counts.get("tied_prompts"), "ties_skipped": counts.get("ties_skipped"),
               "labeler": labeler_name(cfg), "label_mean_chosen": chosen, "label_mean_rejected": rejected,
               "judge_reward": metrics.get("judge_reward"), "kl_to_sft": metrics.get("kl_to_reference"),
               "win_rate_vs_sft": metrics.get("win_rate_vs_reference"),
@@ -144,6 +149,26 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
         mark_complete(round_dir)
     barrier()
     return record
+
+
+ANNOTATIONS = "annotations"
+
+
+def annotated_pairs(cfg: DictConfig, round_dir: Path, k: int) -> list[dict]:
+    """labeler=annotations: the pairs `python -m train.annotate import ... out=<round dir>/annotations` wrote; until
+    they exist the run stops (exit 75) saying what to run, and the same command then continues this round."""
+    path = round_dir / ANNOTATIONS / "train.jsonl"
+    if not path.is_file():
+        project = f"{round_dir.parents[1].name}-round-{k}"
+        raise AwaitingLabels(
+            f"round {k} waits for labels from people: (1) python -m train.annotate export answers={round_dir / 'answers'} "
+            f"scheme=best_worst guidelines=<your guidelines.md> project={project} (make annotate-up starts a local "
+            f"Label Studio); (2) label the tasks in Label Studio; (3) python -m train.annotate import project={project} "
+            f"out={round_dir / ANNOTATIONS}; (4) run this command again")
+    pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not pairs:
+        raise ConfigError(f"{path} holds no pairs: label more tasks (ties never pair) and import again")
+    return pairs
 
 
 def group_answers(answers: list[dict], scores: list[float]) -> tuple[list[dict], int]:
@@ -163,8 +188,8 @@ def group_answers(answers: list[dict], scores: list[float]) -> tuple[list[dict],
 
 
 def labeler_name(cfg: DictConfig) -> str:
-    kind = str(getattr(cfg.labeler.kind, "value", cfg.labeler.kind))
-    return f"reward_model:{cfg.labeler.name_or_path}" if kind == "reward_model" else kind
+    kind = cfg.labeler.kind
+    return f"reward_model:{cfg.labeler.name_or_path}" if kind == LabelerKind.reward_model else str(kind)
 
 
 def write_pairs(directory: Path, pairs: list[dict], data: PreferenceData) -> None:

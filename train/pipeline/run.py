@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from train.config.choices import Stage
 from train.core.errors import ConfigError
 from train.core.files import COMPLETE, is_complete, mark_complete, read_json, write_json
 from train.core.locks import hold_exclusive
@@ -35,7 +36,7 @@ from train.trainer.checkpoint import prune_at_end
 
 def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
-    enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank (issue 12)
+    enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank
     if not cfg.dry_run and finished(cfg, run_dir):
         done = read_json(run_dir / "results.json")
         if not isinstance(done, dict):
@@ -56,7 +57,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir)
     keep_log(run_dir)  # the run has its directory: what it printed so far, and from now on, into run.log
-    if cfg.stage == "all" and is_main_process():
+    if cfg.stage == Stage.all and is_main_process():
         (run_dir / COMPLETE).unlink(missing_ok=True)  # trained again (resume.enabled=false): unfinished until the end
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     if data.report and is_main_process():
@@ -64,14 +65,14 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
 
     results = start_results(cfg, run_dir)
     sft_path = sft_output_dir(cfg)
-    if cfg.stage in ("all", "sft"):
+    if cfg.stage in (Stage.all, Stage.sft):
         add_sft(results, run_sft(cfg, resolved, base_path, sft_path, data, run_dir))
-    if cfg.stage == "reward":  # not part of stage=all: SFT (trained or reused), then the reward model
+    if cfg.stage == Stage.reward:  # not part of stage=all: SFT (trained or reused), then the reward model
         run_reward_stage(cfg, resolved, base_path, sft_path, data, run_dir, run_name, results)
     wandb_run = None
     # With SFT off, DPO starts from the base model itself, which is then also the reference.
     reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path
-    if cfg.stage in ("all", "dpo") and cfg.dpo.enabled:
+    if cfg.stage in (Stage.all, Stage.dpo) and cfg.dpo.enabled:
         # A restarted run (requeue, rerun) continues its W&B run: the id is kept in the run directory.
         wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, tracking.stored_run_id(run_dir, cfg))
         tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
@@ -80,8 +81,8 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
             tracking.log_summary(wandb_run, final_metrics(results))
         else:
             add_dpo(results, run_dpo(cfg, reference, data, run_dir, wandb_run))
-    evaluated = on_policy(cfg) and cfg.stage in ("all", "dpo")
-    if cfg.stage in ("all", "eval") and cfg.dpo.enabled and cfg.eval.enabled and not evaluated:
+    evaluated = on_policy(cfg) and cfg.stage in (Stage.all, Stage.dpo)
+    if cfg.stage in (Stage.all, Stage.eval) and cfg.dpo.enabled and cfg.eval.enabled and not evaluated:
         evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), reference, data, run_dir)
         add_eval(results, evaluation)
         if wandb_run is None:  # stage=eval on its own: add to the DPO stage's W&B run
@@ -90,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     tracking.finish(wandb_run)
     if is_main_process():
         write_results(run_dir, results)
-        if cfg.stage in ("all", "eval"):
+        if cfg.stage in (Stage.all, Stage.eval):
             mark_complete(run_dir)  # last: a rerun of the same command finds the run finished
             prune_at_end(run_dir / "dpo", run_dir / "policy", cfg.checkpoint.keep_at_end)
     print_summary(results, run_dir)
@@ -100,7 +101,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
 def finished(cfg: DictConfig, run_dir: Path) -> bool:
     """A finished run is left as it is: rerunning it used to "resume" from its last checkpoint, train nothing
     and overwrite results.json with less. Training it again is an explicit choice (resume.enabled=false)."""
-    if cfg.stage != "all" or not cfg.resume.enabled or not is_complete(run_dir):
+    if cfg.stage != Stage.all or not cfg.resume.enabled or not is_complete(run_dir):
         return False
     changes = config_changes(run_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
     if changes:

@@ -1,5 +1,5 @@
 """SFT stage: the shared SFT model, trained once per model, data, sft settings and seed (a sweep trains SFT
-once), with DPO's checkpoints, preemption and exact resume (issue 12).
+once), with DPO's checkpoints, preemption and exact resume.
 
 Training runs in `<output_root>/sft/<key>.tmp/`, claimed by this process so other runs' orphan sweeps leave
 it alone (they also keep it while it holds a complete checkpoint). A complete `checkpoint-N` is written there
@@ -40,7 +40,7 @@ from train.trainer.throughput import ThroughputCallback
 def sft_output_dir(cfg: DictConfig) -> Path:
     """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it.
     Local model and data paths enter by content: a moved output root (the tiny model lives under it) or a
-    copied model or data directory still finds its SFT model (issue 12)."""
+    copied model or data directory still finds its SFT model."""
     sft = OmegaConf.to_container(cfg.sft, resolve=True)
     if not sft["lora"]["enabled"]:
         del sft["lora"]  # unused settings: full fine-tuning keeps the key it had before sft.lora existed

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
+from train.config.choices import BetaSchedule  # noqa: E402
 from train.pipeline.recommend import (  # noqa: E402
     JUDGE_REWARD, LABELS, Point, Recommendation, beta_rule, pareto_front, value_at)
 
@@ -18,7 +19,7 @@ def run_label(results: dict) -> str:
     """β=0.1, or β=0.1 (cosine) for a run whose beta follows a schedule (beta is then its value at step 0)."""
     schedule, beta = beta_rule(results), value_at(results, "beta")
     text = "β=?" if beta is None else f"β={beta:.3g}"
-    return text if schedule == "constant" else f"{text} ({schedule})"
+    return text if schedule == BetaSchedule.constant else f"{text} ({schedule})"
 
 
 def plot_reward_vs_kl(points: list[Point], recommendation: Recommendation, not_plotted: list[str],

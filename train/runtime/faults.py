@@ -1,4 +1,4 @@
-"""Fault injection for the fault-tolerance tests (issue 6), off unless DPO_FAULT_INJECT is set.
+"""Fault injection for the fault-tolerance tests, off unless DPO_FAULT_INJECT is set.
 
 DPO_FAULT_INJECT holds comma-separated `kind:step[:rank][@stage]` items, in DPO unless `@sft` says SFT
 (e.g. sigterm:6@sft stops SFT at its step 6):
@@ -6,7 +6,7 @@ DPO_FAULT_INJECT holds comma-separated `kind:step[:rank][@stage]` items, in DPO 
   sigterm:4    the process sends itself SIGTERM at step 4 (as a scheduler would)
   sigint:4     the process sends itself SIGINT at step 4 (Ctrl-C); twice (sigint:4,sigint:4) for a double Ctrl-C
   wandbkill:4  W&B's service processes (wandb-core and its helpers) get SIGTERM at step 4 and are gone
-               before training goes on: `scancel --signal=TERM` reaches them too (issue 12); pair it with
+               before training goes on: `scancel --signal=TERM` reaches them too; pair it with
                sigterm:4 for the whole job's signal
   die:6:1      rank 1 exits abruptly at step 6 (a crashed node)
   save:8       the process exits abruptly while saving checkpoint 8 (files written, not yet complete)

@@ -1,4 +1,4 @@
-"""Preemption: signals only set a flag; ranks agree at a step boundary, save, then requeue (issue 6).
+"""Preemption: signals only set a flag; ranks agree at a step boundary, save, then requeue.
 
 SLURM sends SIGUSR2 (`--signal=USR2@<seconds>`, submitit's `signal_delay_s`) before a time limit or
 preemption, and SIGTERM when it preempts or cancels. A handler that saved from inside the signal would
@@ -6,7 +6,7 @@ race the training step and the other ranks, so it only records the signal; the c
 after every optimizer step, any rank's flag stops all of them, and the trainer saves a complete
 checkpoint on the way out.
 
-Nothing on the way from the signal to the requeue may need a helper process (issue 12). SLURM signals
+Nothing on the way from the signal to the requeue may need a helper process. SLURM signals
 every process of the job step, W&B's service process (`wandb-core`) included, and once it is gone every
 W&B call raises `ConnectionResetError`. So the reporting callbacks (W&B's) fall silent when a signal
 arrives, and `on_save` ends `trainer.train()` as soon as the checkpoint is complete, before the trainer's
@@ -98,7 +98,7 @@ class PreemptionCallback(TrainerCallback):
 
 class SilentAfterSignal(TrainerCallback):
     """A reporting callback that runs until a preemption signal arrives, and never after: the signal may
-    have ended its helper process (issue 12). An error from a call the signal interrupted is dropped."""
+    have ended its helper process. An error from a call the signal interrupted is dropped."""
 
     def __init__(self, reporter: TrainerCallback, preemption: PreemptionCallback) -> None:
         self.reporter, self.preemption = reporter, preemption

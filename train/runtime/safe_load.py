@@ -1,4 +1,4 @@
-"""No checkpoint, cache or state file is unpickled with arbitrary-code loading (issue 12).
+"""No checkpoint, cache or state file is unpickled with arbitrary-code loading.
 
 A pickle runs whatever its `__reduce__` names when loaded, so one file planted in a checkpoint would run
 code on the next automatic resume. transformers' Trainer already loads optimizer.pt, scheduler.pt and

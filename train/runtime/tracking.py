@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from train.core.cli import EXIT_STOPPED
 from train.core.ranks import is_main_process
+from train.config.choices import WandbMode
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -42,9 +43,9 @@ def _reachable(timeout_s: float = 3.0) -> bool:
 
 def resolve_mode(cfg_wandb: DictConfig) -> tuple[str, str]:
     """(mode, reason). `auto` never waits on the network for more than a few seconds."""
-    if not cfg_wandb.enabled or cfg_wandb.mode == "disabled":
+    if not cfg_wandb.enabled or cfg_wandb.mode == WandbMode.disabled:
         return "disabled", "wandb.enabled=false"
-    wanted = cfg_wandb.mode if cfg_wandb.mode != "auto" else os.environ.get("WANDB_MODE") or "auto"
+    wanted = cfg_wandb.mode if cfg_wandb.mode != WandbMode.auto else os.environ.get("WANDB_MODE") or "auto"
     if wanted in ("offline", "disabled"):
         return wanted, f"mode {wanted} requested"
     # online or auto: go online only if it can work, so training never waits on the network.
@@ -61,7 +62,7 @@ def start_run(
 ) -> Optional[Any]:
     """Start (or with `run_id`, continue) a W&B run on the main process; None elsewhere or when disabled."""
     mode, reason = resolve_mode(cfg.wandb)
-    if not is_main_process() or mode == "disabled":
+    if not is_main_process() or mode == WandbMode.disabled:
         return None
     os.environ.setdefault("WANDB_WATCH", "false")
     settings = dict(
@@ -79,7 +80,7 @@ def start_run(
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=20, silent=True), **settings)
     except Exception as err:  # a bad key, entity or server: train anyway, offline
-        if mode == "offline":
+        if mode == WandbMode.offline:
             print(f"wandb: disabled (offline start failed: {' '.join(str(err).split())[:200]})", flush=True)
             return None
         reason = f"online start failed: {type(err).__name__} {' '.join(str(err).split())[:200]}; writing offline files"
@@ -129,7 +130,7 @@ def finish(run) -> None:
 def close_after_preemption(run) -> None:
     """Close the W&B run of a stopped job without raising. Called after the requeue: the signal may have
     ended W&B's service process too (SLURM signals every process of the job step), and then every W&B call
-    raises `ConnectionResetError` (issue 12). W&B's teardown runs here, errors caught, so that its exit
+    raises `ConnectionResetError`. W&B's teardown runs here, errors caught, so that its exit
     hook neither prints a traceback nor changes the exit code later."""
     if run is None:
         return

@@ -1,5 +1,5 @@
 """beta=adaptive: beta-DPO (Wu et al., NeurIPS 2024, arXiv 2407.08639), beta set per batch from the batch's
-own reward margins (issue 17). The rule follows the paper's reference code (junkangwu/beta-DPO, trainers.py
+own reward margins. The rule follows the paper's reference code (junkangwu/beta-DPO, trainers.py
 `preference_loss` and `update_and_sync_tensor_mean`):
 
   M_i   = (log pi_c - log ref_c) - (log pi_r - log ref_r)      per pair, gathered over every rank

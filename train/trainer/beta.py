@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from train.core.errors import ConfigError
 from train.trainer.adaptive_beta import AdaptiveBeta
+from train.config.choices import BetaSchedule
 
 
 def constant(step: int, total: int, start: float, final: float | None, warmup: int) -> float:
@@ -26,12 +27,12 @@ def cosine(step: int, total: int, start: float, final: float, warmup: int) -> fl
     return final + (start - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-SCHEDULES = {"constant": constant, "linear": linear, "cosine": cosine}  # beta.schedule: one conf/beta/*.yaml each
+SCHEDULES = {BetaSchedule.constant: constant, BetaSchedule.linear: linear, BetaSchedule.cosine: cosine}
 # beta=adaptive is no function of the step: train/trainer/adaptive_beta.py sets beta from each batch's margins.
-ADAPTIVE = "adaptive"
-KINDS = (*SCHEDULES, ADAPTIVE)
+ADAPTIVE = BetaSchedule.adaptive
+KINDS = tuple(BetaSchedule)
 # What the adaptive rule assumes of TRL's loss: its margins are the sigmoid loss's argument (reverse KL), summed
-# log-probs; filtering corrects `mean -log sigmoid(beta * M)` and nothing else (issue 17).
+# log-probs; filtering corrects `mean -log sigmoid(beta * M)` and nothing else.
 ADAPTIVE_LOSS = {"loss_type": ("sigmoid", ["sigmoid"]), "f_divergence_type": ("reverse_kl",),
                  "ld_alpha": (None,), "use_weighting": (False,), "loss_weights": (None, [1.0], [1])}
 
@@ -81,4 +82,4 @@ def check(beta: DictConfig, dpo_args: DictConfig | None = None) -> None:
         value = list(value) if OmegaConf.is_list(value) else value
         if value not in allowed:
             raise ConfigError(f"dpo.args.{key}={value}: beta=adaptive is defined for the sigmoid DPO loss "
-                              f"(beta-DPO, issue 17); remove dpo.args.{key} or pick another beta")
+                              f"(beta-DPO); remove dpo.args.{key} or pick another beta")

@@ -18,6 +18,7 @@ from train import seams
 from train.trainer import beta
 from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.dpo import ProjectDPOTrainer
+from train.config.choices import Reference
 
 
 def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
@@ -48,7 +49,7 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
         train_dataset=data.train_pairs,
         eval_dataset=data.test_pairs,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg.dpo.lora) if cfg.dpo.reference == "lora" else None,
+        peft_config=lora_config(cfg.dpo.lora) if cfg.dpo.reference == Reference.lora else None,
         beta_schedule=beta.schedule(cfg.beta),
         adaptive_beta=beta.adaptive(cfg.beta, cfg.seed),
         max_bad_steps=cfg.faults.max_bad_steps,
@@ -87,7 +88,7 @@ def quiet_model_card(trainer) -> None:
 
 def reference_forward(cfg: DictConfig) -> bool:
     """Whether a DPO step also runs the reference forward (not when its log-probs were precomputed)."""
-    return cfg.dpo.reference != "precomputed"
+    return cfg.dpo.reference != Reference.precomputed
 
 
 def release(trainer) -> None:

@@ -1,5 +1,5 @@
-"""Checkpoints that count only when complete, and resuming from the newest complete one (issue 6): DPO's in
-the run directory, SFT's in its work directory (issue 12).
+"""Checkpoints that count only when complete, and resuming from the newest complete one: DPO's in
+the run directory, SFT's in its work directory.
 
 The trainer writes `checkpoint-N/` (model, optimizer, scheduler, per-rank RNG states, trainer state with
 the data position). A checkpoint is complete once every rank has written, a barrier has passed, the
@@ -7,7 +7,7 @@ main process has found every expected file and then written `COMPLETE` last; onl
 checkpoints are resumed from, and old ones are deleted only after a newer one is complete. transformers'
 own rotation (save_total_limit) deletes before that point, so rotation is ours.
 
-Before COMPLETE the main process also writes a manifest (every file's size and sha256, issue 12). Resume
+Before COMPLETE the main process also writes a manifest (every file's size and sha256). Resume
 takes the newest complete checkpoint whose files still match it: one changed in place, truncated, added
 or removed after the save is set aside as `<name>.damaged` with one line naming the file, and the previous
 complete checkpoint is used (or training starts over, saying so). The chosen checkpoint's pickled files
@@ -26,7 +26,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 
-from train.config.schema import KeepAtEnd
+from train.config.choices import KeepAtEnd
 from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete
 from train.core.manifest import manifest_problem, write_manifest

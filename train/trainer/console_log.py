@@ -24,6 +24,8 @@ LINE_KEYS = {
     "dpo": (("loss", "loss", ".4f"), ("rewards/accuracies", "rewards/accuracies", ".3f"),
             ("rewards/margins", "margins", ".3f"), ("beta", "beta", ".3g"), ("learning_rate", "lr", ".1e"),
             ("grad_norm", "grad_norm", ".3f"), ("throughput/tokens_per_s", "tokens/s", ".0f")),
+    "reward": (("loss", "loss", ".4f"), ("accuracy", "accuracy", ".3f"), ("margin", "margin", ".3f"),
+               ("learning_rate", "lr", ".1e"), ("grad_norm", "grad_norm", ".3f")),
 }
 HELD_OUT_KEYS = (("loss", "loss", ".4f"), ("rewards/accuracies", "rewards/accuracies", ".3f"),
                  ("rewards/margins", "margins", ".3f"))

@@ -15,6 +15,7 @@ from train.trainer import logps
 from train.trainer.adaptive_beta import AdaptiveBeta, margin_mean_for_logs, margin_probe
 from train.trainer.beta import BetaSchedule
 from train.trainer.reference_cache import precompute_with_cache
+from train.config.choices import Batching
 
 
 class BadStep(Exception):
@@ -28,7 +29,7 @@ class BadStep(Exception):
 class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
     """Keyword arguments on top of DPOTrainer's:
         beta_schedule        beta at every step (beta group); None keeps args.beta
-        adaptive_beta        beta=adaptive: beta set per batch from its margins (beta-DPO, issue 17); None: off
+        adaptive_beta        beta=adaptive: beta set per batch from its margins (beta-DPO); None: off
         max_bad_steps        consecutive NaN/inf-loss steps skipped before TrainingAborted
         reference_cache_dir  where precomputed reference log-probs are kept for a whole sweep; None: TRL's own
         batching             dpo.batching: the micro-batch layout asked for (auto, padded, packed, prefix_shared);
@@ -36,7 +37,7 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
     """
 
     def __init__(self, *args, beta_schedule: BetaSchedule | None = None, adaptive_beta: AdaptiveBeta | None = None,
-                 max_bad_steps: int = 3, reference_cache_dir: Path | None = None, batching: str = "padded", **kwargs):
+                 max_bad_steps: int = 3, reference_cache_dir: Path | None = None, batching: Batching = Batching.padded, **kwargs):
         # Set before DPOTrainer.__init__: it runs the reference pass (reference_pass below) itself.
         self.beta_schedule, self.max_bad_steps, self.reference_cache_dir = beta_schedule, max_bad_steps, reference_cache_dir
         self.bad_steps_total, self.bad_steps_in_a_row = 0, 0
@@ -52,14 +53,14 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
             self.add_callback(adaptive_beta)  # before train(): transformers saves its state in every checkpoint
 
     # dpo.reference=precomputed: TRL's reference pass, behind a cache whose key also covers truncation,
-    # padding and the chat template, kept in <output_root>/ref_cache for a whole sweep (issue 7).
+    # padding and the chat template, kept in <output_root>/ref_cache for a whole sweep.
     def reference_pass(self, compute, dataset, name: str, batch_size: int):
         self.install_layout()  # the reference pass, too, runs in the layout
         if self.reference_cache_dir is None:
             return compute(dataset, name, batch_size)
         return precompute_with_cache(self, compute, dataset, name, batch_size, self.reference_cache_dir)
 
-    # dpo.batching (issue 14): TRL's fused LM-head forward, wrapped to run in the layout. Installed once TRL has
+    # dpo.batching: TRL's fused LM-head forward, wrapped to run in the layout. Installed once TRL has
     # added its head, which is before its reference pass inside DPOTrainer.__init__, hence the call from both.
     def install_layout(self) -> None:
         if self.batch_layout is None:

@@ -1,4 +1,4 @@
-"""DPO micro-batch layouts (issue 14): how the pairs of one TRL batch are laid out for the model's forward.
+"""DPO micro-batch layouts: how the pairs of one TRL batch are laid out for the model's forward.
 
   padded         TRL's own batch: the chosen rows, then the rejected rows, each padded to the longest (baseline)
   packed         every sequence once, several to a row with no padding between them; a block-diagonal causal mask
@@ -25,9 +25,10 @@ from omegaconf import DictConfig
 from transformers import AutoConfig, LlamaConfig
 
 from train.core.errors import ConfigError
+from train.config.choices import Batching
 
-LAYOUTS = ("padded", "packed", "prefix_shared")  # dpo.batching=, besides `auto`
-AUTO = "auto"
+LAYOUTS = (Batching.padded, Batching.packed, Batching.prefix_shared)  # dpo.batching=, besides `auto`
+AUTO = Batching.auto
 DPO_DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's max_length when dpo.args does not set one (TRL 1.16)
 # Architectures whose forward is checked exact with a 4D mask and explicit position ids (tests/test_layouts.py).
 # Others may add soft-capped logits or a logit scale that the layout path does not apply. A sliding window is
@@ -44,7 +45,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 MASK_KINDS = {"sdpa": "bool", "eager": "additive", "flash_attention_2": "varlen", "flash_attention_3": "varlen"}
 VARLEN = "varlen"
 # `auto` takes the first of these that can run: the prompt once per pair, then every sequence once.
-PREFERENCE = ("prefix_shared", "packed")
+PREFERENCE = (Batching.prefix_shared, Batching.packed)
 BRANCH_SHARED, BRANCH_CHOSEN, BRANCH_REJECTED = 0, 1, 2
 
 
@@ -58,7 +59,7 @@ def unsupported_reason(layout: str, model_type: str | None, attn_implementation:
     if kind is None:
         return (f"attn_implementation={attn_implementation} takes neither a 4D mask nor packed position ids "
                 f"(supported: {', '.join(MASK_KINDS)})")
-    if layout == "prefix_shared" and kind == VARLEN:
+    if layout == Batching.prefix_shared and kind == VARLEN:
         return (f"attn_implementation={attn_implementation} takes sequence boundaries, not the 4D mask prefix sharing "
                 f"needs (packed works with it; prefix_shared with sdpa or eager)")
     return None
@@ -69,8 +70,8 @@ def resolve(requested: str, model_type: str | None, attn_implementation: str | N
     that cannot work on this model is refused with ConfigError."""
     if requested != AUTO and requested not in LAYOUTS:
         raise ConfigError(f"dpo.batching={requested}: choose one of {AUTO}, {', '.join(LAYOUTS)}")
-    if requested == "padded":
-        return "padded", None
+    if requested == Batching.padded:
+        return Batching.padded, None
     if requested != AUTO:
         reason = unsupported_reason(requested, model_type, attn_implementation)
         if reason is not None:
@@ -81,7 +82,7 @@ def resolve(requested: str, model_type: str | None, attn_implementation: str | N
         if reason is None:
             return layout, (None if layout == PREFERENCE[0] else
                             f"dpo.batching=auto: using {layout}, since {PREFERENCE[0]}: {reasons[0]}")
-    return "padded", f"dpo.batching=auto: using padded, since {reasons[-1]}"
+    return Batching.padded, f"dpo.batching=auto: using padded, since {reasons[-1]}"
 
 
 def layout_model_type(config, max_length: int | None) -> str:
@@ -179,7 +180,7 @@ def pack_rows(lengths: list[int]) -> list[list[int]]:
 
 def units_of(layout: str, ids: list[list[int]]) -> list[list[tuple[int, int, int, int]]]:
     """Each unit as pieces (padded row, start, end, branch); `ids` are the padded rows' real tokens, chosen first."""
-    if layout == "packed":
+    if layout == Batching.packed:
         return [[(row, 0, len(tokens), BRANCH_SHARED)] for row, tokens in enumerate(ids)]
     pairs = len(ids) // 2
     units = []
@@ -226,7 +227,7 @@ def build(layout: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, la
                 branch[r, span] = kind
                 location[row, start:end] = r * length + torch.arange(offset, offset + end - start)
                 offset += end - start
-    if layout == "prefix_shared":  # a rejected row's shared prefix is the chosen row's
+    if layout == Batching.prefix_shared:  # a rejected row's shared prefix is the chosen row's
         pairs = rows_in // 2
         for pair in range(pairs):
             shared = units[pair][0][2]

@@ -1,4 +1,4 @@
-"""The DPO forward in a non-padded layout, behind TRL's own fused-LM-head interface (issue 14).
+"""The DPO forward in a non-padded layout, behind TRL's own fused-LM-head interface.
 
 TRL 1.16's DPOTrainer gets every per-token number it uses (log-probs for all loss types, entropy, logits/*,
 mean_token_accuracy, the WPO weights) from one call, `model(input_ids, attention_mask, labels, fused_lm_head=True)`,
@@ -22,6 +22,7 @@ from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
 from train import seams
 from train.trainer import layouts
+from train.config.choices import Batching
 
 # The per-token fields TRL 1.16's DPOTrainer asks its policy's fused head for (dpo_trainer.py, before
 # add_fused_lm_head); the reference's head computes log-probs only.
@@ -91,7 +92,7 @@ def wrap_forward(model, layout_name: str, outputs: tuple[str, ...]) -> None:
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
         given = {key for key, value in kwargs.items() if value is not None}  # PEFT passes inputs_embeds=None etc.
-        if forward.dpo_layout == "padded" or not fused_lm_head or args or labels is None or given - LAYOUT_KWARGS:
+        if forward.dpo_layout == Batching.padded or not fused_lm_head or args or labels is None or given - LAYOUT_KWARGS:
             return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         return layout_forward(self, forward.dpo_layout, outputs, kwargs["input_ids"], kwargs["attention_mask"], labels)
 
@@ -112,7 +113,7 @@ def install(trainer, requested: str) -> str:
                                        seams.attn_implementation(policy.config))
     if fallback and trainer.accelerator.is_main_process:
         print(fallback, flush=True)
-    if layout == "padded":
+    if layout == Batching.padded:
         return layout
     wrap_forward(policy, layout, POLICY_OUTPUTS + (("log_sum_sq_probs",) if trainer.use_weighting else ()))
     if trainer.ref_model is not None:  # under DeepSpeed already an engine: the module inside it has the head

@@ -7,7 +7,7 @@ that key and changing max_length silently reuses log-probs of differently trunca
 under ZeRO-3 the weight hash is taken over already-partitioned (empty) parameters. We keep TRL's
 computation (each rank its share of the batches, gathered once, written by the main process) and give
 it a complete key and a project location, `<output_root>/ref_cache/<key>.arrow`, so every run of a
-sweep and a restarted run find it (issue 7).
+sweep and a restarted run find it.
 
 The key covers, explicitly:
   reference  sha256 of the reference's weight files and config.json (memoized by size and mtime),
@@ -18,7 +18,7 @@ The key covers, explicitly:
              chat template, TRL version
 A file is used only if its metadata (written last, after the log-probs) repeats every part of the
 key and the row count, and the file's sha256 is the one recorded there (a file changed in place, same
-size, would otherwise train every later run of the sweep against wrong numbers: issue 12); anything
+size, would otherwise train every later run of the sweep against wrong numbers); anything
 else is recomputed and replaced (written under a run's own name, then renamed over the entry, so
 concurrent jobs of a sweep never see a partial file). Partial files of interrupted writes are removed
 when the directory is next opened.

@@ -1,0 +1,71 @@
+"""Running the project as a user does, from the tests: `python -m train` in a subprocess, its results, and checks
+shared by several test files. Imported as `from helpers.runs import ...` (tests/ is on sys.path under pytest)."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.runtime.distributed import free_port  # noqa: F401  (tests launch processes on a free port too)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
+    it; W&B offline, outputs under `output_root`; `env` adds (or with None removes) environment variables."""
+    env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None in `env` removes a variable
+    launcher = [sys.executable, "-m", "train"]
+    if nproc > 1:
+        accelerate = str(Path(sys.executable).parent / "accelerate")
+        launcher = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
+                    "--num_processes", str(nproc), "--main_process_port", str(free_port()), "-m", "train"]
+    cmd = [*launcher, f"output_root={output_root}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def results_path(proc: subprocess.CompletedProcess) -> Path:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("results: ")]
+    assert lines, f"no 'results:' line in output:\n{proc.stdout[-2000:]}"
+    return Path(lines[-1].removeprefix("results: "))
+
+
+def read_results(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(results_path(proc).read_text())
+
+
+@contextlib.contextmanager
+def process_state_restored():
+    """For a pipeline run inside the pytest process: afterwards the environment, the signal handlers and
+    accelerate's process state are put back, so later tests in this process start clean."""
+    from train import seams  # deferred: torch and accelerate load only for the tests that run the pipeline here
+
+    environ = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        seams.reset_accelerate_state()
+
+
+def assert_same_run(got: list, want: list) -> None:
+    """A resumed run's per-step numbers (losses, betas) against an uninterrupted run's. Bitwise equal on this
+    machine in every run we made; on CI's machine one resume differed by 6e-8 (1 float32 ulp) from its first
+    resumed step on, a kernel rounding differently from run to run there. A wrong data position, RNG or optimizer
+    state moves a loss by more than 1e-3, so rel 1e-5 still tells a broken resume from rounding."""
+    assert len(got) == len(want), (got, want)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7), (got, want)
