@@ -53,7 +53,7 @@ def test_bad_reward_settings_are_refused_in_one_line(overrides, message):
 def test_the_banner_counts_pairs_and_the_summary_shows_the_reward_model(tmp_path):
     args = build_reward_config(compose(["stage=reward"]), tmp_path)
     banner = training_banner("reward", args, 2000, 1, "pairs")
-    assert banner.startswith("== reward: training 126 optimizer steps on 1 process") and "2000 pairs" in banner
+    assert banner.startswith("== reward: training 189 optimizer steps on 1 process") and "2000 pairs" in banner
     lines = summary_lines({"reward": {"path": "/r/reward_model", "held_out_accuracy": 0.95, "num_pairs": 64},
                            "runtime_s": {"reward": 12.0}}, tmp_path)
     assert "  reward model      held-out accuracy 0.950 on 64 pairs; /r/reward_model" in lines
