@@ -28,12 +28,12 @@ def test_members_are_their_values():
 
 @pytest.mark.parametrize("override, allowed", [
     ("stage=train", "all, sft, dpo, eval, reward"), ("dpo.reference=frozen", "model, precomputed, lora"),
-    ("dpo.batching=pack", "auto, padded, packed, prefix_shared"), ("data.ranking.strategy=best", "best_vs_worst"),
+    ("dpo.batching=pack", "auto, padded, packed, prefix_shared"), ("data.ranking.strategy=best", "best_vs_worst, best_vs_rest, all_pairs, adjacent"),
     ("wandb.mode=on", "auto, online, offline, disabled"), ("checkpoint.keep_at_end=some", "all, last, none")])
 def test_a_value_outside_the_choice_is_refused_at_composition(override, allowed):
     with pytest.raises(ConfigError) as err:
         compose([override])
-    assert allowed in str(err.value) and "\n" not in str(err.value)
+    assert f"{override}: choose one of {allowed}" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_composed_choices_are_members():

@@ -61,7 +61,7 @@ def test_prepare_above_the_threshold_exits_nonzero_with_one_line(root):
 
 @pytest.mark.parametrize("args,expected", [
     (["data=shp", "data.source=tests/fixtures/no_such_dir"], "error: data.source=tests/fixtures/no_such_dir: no such file or directory"),
-    (["data=nosuchsource"], "error: Could not find 'data/nosuchsource'"),
+    (["data=nosuchsource"], "error: data is a config group (options: custom, eli5"),
     (["data=eli5"], "error: give out=<file.jsonl> once"),
 ])
 def test_prepare_bad_input_is_one_line_without_traceback(root, args, expected):

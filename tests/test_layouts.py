@@ -192,7 +192,10 @@ def forward_and_grads(model, batch, layout: str):
 # Qwen3's per-head q/k RMSNorm (over 8 dims in this tiny model) amplifies float32 rounding in the backward: its
 # gradients differ from padded's by up to 1.3e-4 of a tensor's largest entry (input_layernorm, measured), while its
 # forward log-probs agree within 1e-6 as every other model's. Its gradients are held to 3e-4 of that entry.
-GRAD_ATOL_OF_MAX = {"qwen3": 3e-4}
+# Phi-3's fused qkv/gate_up projections sum in another order once the rows are laid out (transformers 5.25): its
+# gradients differ by up to 5e-7 of a tensor's largest entry, above 1e-6 absolute for its largest tensors; a wrong
+# mask or position moves them by more than 1e-3 of it. Held to 1e-5 of that entry.
+GRAD_ATOL_OF_MAX = {"qwen3": 3e-4, "phi3": 1e-5}
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

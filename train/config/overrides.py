@@ -148,6 +148,9 @@ def merge_error(err: Exception) -> str | None:
     converted = re.search(r"could not be converted to (\w+)", reason)
     if converted:
         return f"{override}: expected {TYPE_WORDS.get(converted.group(1), converted.group(1).lower())}"
+    choice = re.search(r"Invalid value '.*', expected one of \[(.*)\]", reason)
+    if choice:  # an Enum field (train/config/choices.py)
+        return f"{override}: choose one of {choice.group(1)}"
     if "is not a valid bool" in reason:
         return f"{override}: expected true or false"
     return f"{override}: {reason}"

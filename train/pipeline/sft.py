@@ -32,6 +32,7 @@ from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
+from train.models.tiny import OWNER_MARKER
 from train.trainer.builders import build_sft_trainer, release
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
 from train.trainer.throughput import ThroughputCallback
@@ -57,7 +58,9 @@ def model_identity(cfg: DictConfig) -> dict:
     path = Path(str(model["name_or_path"])).expanduser()
     if path.is_dir():
         memo = hash_memo_dir(cfg)
-        model["name_or_path"] = {p.name: memoized_sha256(p, memo) for p in sorted(path.iterdir()) if p.is_file()}
+        # The ownership marker says who built the directory (and when), not what the model is.
+        model["name_or_path"] = {p.name: memoized_sha256(p, memo) for p in sorted(path.iterdir())
+                                 if p.is_file() and p.name != OWNER_MARKER}
     return model
 
 

@@ -89,10 +89,16 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
         f"  policy            {policy or NA}",
         *([reward_text(results["reward"])] if results.get("reward") else []),
         f"  results.json      {run_dir / 'results.json'}",
-        f"  eval samples      {existing((Path(policy).parent if policy else run_dir) / 'eval_samples.jsonl')}",
+        f"  eval samples      {existing(samples_dir(results, run_dir) / 'eval_samples.jsonl')}",
         f"  W&B               {wandb_text(wandb)}",
         f"  on disk           {disk_text(run_dir)}",
     ]
+
+
+def samples_dir(results: dict, run_dir: Path) -> Path:
+    """Where the run's evaluation samples are: its own directory, or with on-policy rounds the last round's."""
+    rounds = results.get("rounds") or []
+    return Path(rounds[-1]["policy_path"]).parent if rounds and rounds[-1].get("policy_path") else run_dir
 
 
 def rounds_table(rounds: list[dict]) -> list[str]:
