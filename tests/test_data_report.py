@@ -244,7 +244,6 @@ def test_config_errors_are_one_line(overrides, message, root, tokenizer, monkeyp
     monkeypatch.chdir(FIXTURES.parent.parent)
     name = overrides[0].removeprefix("data=")
     source = [] if any(o.startswith("data.source=") for o in overrides) or name == "custom" else [f"data.source=tests/fixtures/{name}"]
-    cfg = compose([f"output_root={root}", *source, *overrides])
-    with pytest.raises(ConfigError) as err:
-        load_preference_data(cfg, tokenizer)
+    with pytest.raises(ConfigError) as err:  # at composition (an Enum value) or when the data loads
+        load_preference_data(compose([f"output_root={root}", *source, *overrides]), tokenizer)
     assert message in str(err.value) and "\n" not in str(err.value)
