@@ -60,8 +60,9 @@ def test_a_crashed_run_never_blocks_its_rerun(tmp_path):
 
 
 def test_a_policy_that_ends_identical_to_its_reference_is_pointed_out(tmp_path):
-    """Issue 13: with a learning rate of 0 DPO changes nothing; the run says so instead of reporting KL 0 silently."""
-    proc = run_train("debug=fast", "sft.enabled=false", "+dpo.args.max_steps=2", "dpo.args.learning_rate=0.0",
+    """A learning rate too small to move a float32 weight (0 itself is refused at start): DPO changes nothing, and
+    the run says so instead of reporting KL 0 silently."""
+    proc = run_train("debug=fast", "sft.enabled=false", "+dpo.args.max_steps=2", "dpo.args.learning_rate=1e-30",
                      "eval.num_prompts=4", output_root=tmp_path)
     assert "warning: the policy ends identical to its reference (KL 0, identical samples)" in proc.stdout
     assert read_results(proc)["dpo"]["kl_to_reference"] == 0.0

@@ -114,18 +114,19 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
             print(line, flush=True)
     answers = generate_answers(cfg, models, prompts, round_dir, k)
     if cfg.labeler.kind == LabelerKind.annotations:  # people label: the pairs come from train.annotate import
-        pairs, counts, empty = annotated_pairs(cfg, round_dir, k), {"pairs": 0}, 0
-        counts["pairs"] = len(pairs)
+        pairs, counts, empty = annotated_pairs(cfg, round_dir, k), {}, 0
+        made = f"pairs: {len(pairs)} imported from {round_dir / ANNOTATIONS}"
     else:
         scores = label_answers(cfg, models, len(prompts), round_dir)
         groups, empty = group_answers(answers, scores)
         pairs, counts = make_pairs(groups, cfg.data.ranking)  # the same on every rank
+        made = f"{len(answers) - empty} answers ({empty} empty left out); {format_counts(counts)}"
     pairs = [{**p, "round": k} for p in pairs]
     chosen = sum(p["score_chosen"] for p in pairs) / len(pairs)
     rejected = sum(p["score_rejected"] for p in pairs) / len(pairs)
     if is_main_process():
-        print(f"labels: {labeler_name(cfg)} on {len(answers) - empty} answers ({empty} empty left out); "
-              f"{format_counts(counts)}; mean score chosen {chosen:.3f} / rejected {rejected:.3f}", flush=True)
+        print(f"labels: {labeler_name(cfg)} on {made}; mean score chosen {chosen:.3f} / rejected {rejected:.3f}",
+              flush=True)
         (round_dir / PAIRS).mkdir(parents=True, exist_ok=True)
         write_pairs(round_dir / PAIRS, pairs, data)
     barrier()
