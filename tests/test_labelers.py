@@ -160,6 +160,6 @@ def test_every_labeler_kind_is_known_and_the_group_composes():
     assert compose(["labeler=sentiment"]).labeler.batch_size == 16  # a judge's fields, the schema's defaults
     rules = [k.value for k in LabelerKind if k.value not in ("none", "reward_model", "annotations")]
     assert rules and all(rule in judges.JUDGES for rule in rules)
-    with pytest.raises(ConfigError, match=r"labeler.kind=lexicon: Invalid value"):
+    with pytest.raises(ConfigError, match=r"labeler.kind=lexicon: choose one of none, reward_model, sentiment"):
         compose(["labeler.kind=lexicon"])
     assert synthetic.judge("great") > 0  # the rule the sentiment labeler uses

@@ -68,4 +68,4 @@ def test_search_on_slurm_trains_sft_first_then_batches_of_trial_jobs(slurm_clust
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # one batch of n_jobs=2 trial jobs
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     best = tied_pick(rows, "dpo.held_out.rewards/accuracies", lambda r: -float(r["beta"]))  # no eval: no KL
-    assert f"recommended: beta={best['beta']:g} (" in proc.stdout and " pairs, " in proc.stdout
+    assert f"recommended: beta={best['beta']:g} (" in proc.stdout and " pairs; " in proc.stdout

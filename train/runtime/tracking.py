@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import socket
@@ -65,6 +66,11 @@ def start_run(
     if not is_main_process() or mode == WandbMode.disabled:
         return None
     os.environ.setdefault("WANDB_WATCH", "false")
+    # W&B's console capture sends every printed line to its service process from a thread of its own. When a
+    # preemption signal ends that service, the thread's writes fail before this process's signal handler runs (it
+    # waits for the main thread to leave a torch call), and asyncio warns "socket.send() raised exception." for
+    # each line. asyncio is W&B's here; its errors still show.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     settings = dict(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
