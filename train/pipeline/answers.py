@@ -15,12 +15,13 @@ import json
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from train.core.errors import ConfigError
 from train.core.files import read_json, write_json, write_jsonl
 from train.core.ranks import is_main_process
+from train.data.rows import prompt_key
 from train.models.generation import answer_seed, sample_answers
 from train.models.labelers import load_labeler, score_answers
 from train.models.loading import load_model, load_tokenizer
@@ -161,6 +162,4 @@ def as_chat(prompt, cfg: DictConfig):
 
 def prompt_id(prompt) -> str:
     """A stable id of a prompt (text or messages): what maps an answer back to its prompt in every file."""
-    text = prompt if isinstance(prompt, str) else json.dumps(OmegaConf.to_container(prompt) if OmegaConf.is_config(prompt)
-                                                             else prompt, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:16]

@@ -25,6 +25,7 @@ from train.core.files import is_complete, mark_complete, read_json, write_json, 
 from train.core.ranks import is_main_process, world_size
 from train.data import PreferenceData, load_preference_data
 from train.data.prompts import format_report, select_prompts
+from train.data.rows import prompt_key
 from train.models.labelers import check_labeler, format_counts, make_pairs
 from train.models.loading import load_tokenizer
 from train.pipeline.answers import generate_answers, label_answers, resolve_models
@@ -68,7 +69,7 @@ def data_prompts(data: PreferenceData) -> list:
     """The data group's training prompts, each once, in order."""
     seen, out = set(), []
     for prompt in data.train_pairs["prompt"]:
-        key = repr(prompt)
+        key = prompt_key(prompt)
         if key not in seen:
             seen.add(key)
             out.append(prompt)
