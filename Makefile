@@ -93,11 +93,14 @@ plan: $(VENV)/.installed ## will it fit? per-GPU memory of ARGS on NODES x GPUS_
 gpu-check: $(VENV)/.installed ## DPO step of a ~0.5B model in bf16 on one GPU: tokens/s, MFU (no GPU: says so)
 	$(PY) launch/gpu_check.py $(ARGS)
 
-test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs
-	$(PY) -m pytest tests --durations=15 $(ARGS)
+# Two pytest-xdist workers: most tests wait on a subprocess, a SLURM job or a server; the tests of one shared
+# server (the SLURM cluster, Label Studio) stay on one worker (--dist loadgroup, tests/conftest.py).
+TEST_WORKERS ?= 2
+test: $(VENV)/.installed ## all tests: config, pure functions, CPU pipeline runs (TEST_WORKERS=2 in parallel)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(ARGS)
 
 test-fast: $(VENV)/.installed ## untagged tier: layers, config, refusals, pure functions, one in-process run (~6 min)
-	$(PY) -m pytest tests -m "not slow and not multiproc and not slurm and not annotate" $(ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not multiproc and not slurm and not annotate" $(ARGS)
 
 clean: ## remove outputs/ (runs, SFT cache, built models); keeps .venv
 	rm -rf outputs

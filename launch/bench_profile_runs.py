@@ -40,10 +40,10 @@ from trl import DPOConfig, DPOTrainer
 from launch.bench_profiles import MAX_LENGTH, PROFILES, draw_lengths, length_summary, make_pairs, single_token_words
 from launch.bench_setup import MODEL_20M, compose, data_overrides, model_overrides, timing_args
 from train import seams
+from train.console.progress import ConsoleLogCallback
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.trainer.builders import build_dpo_trainer
-from train.trainer.console_log import ConsoleLogCallback
-from train.config.choices import Batching
+from train.trainer.layouts import TRL_LAYOUT
 
 # RoPE positions up to TRL's max_length; otherwise the ~20M Llama of `make bench`. 32k first: the headline figures.
 # A TL;DR step of TRL's defaults at 32k is ~10 s of the 2 cores: 1 timed step per side and round keeps the part
@@ -152,7 +152,8 @@ def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, size
                "construct_s": construct_s, "padding_fraction": probe.pads / probe.positions,
                "ref_pass_s": getattr(trainer, "reference_pass_s", None) if side != "project" else project_pass_s(cfg),
                "step_peak_alloc_mb": probe.step_peak_mb, "loadavg": open("/proc/loadavg").read().split()[:3],
-               "layout": getattr(trainer, "batch_layout", None) or Batching.padded}  # what dpo.batching resolved to
+               # what dpo.batching resolved to; TRL's own sides have no layout of ours: they run TRL's batch
+               "layout": getattr(trainer, "batch_layout", None) or TRL_LAYOUT}
     del trainer
     return figures
 

@@ -13,10 +13,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from train.config.compose import compose as compose_config
+from train.console.progress import ConsoleLogCallback
 from train.data import load_preference_data
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
-from train.trainer.console_log import ConsoleLogCallback
 from train.trainer.throughput import ThroughputCallback, measure_matmul_peak
 
 REPO = Path(__file__).resolve().parent.parent

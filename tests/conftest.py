@@ -9,3 +9,13 @@ import pytest
 def shared_output_root(tmp_path_factory) -> Path:
     """One output root for the pipeline tests, so the tiny model and the SFT stage are built once."""
     return tmp_path_factory.mktemp("outputs")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers with `--dist loadgroup`), a test file runs on one
+    worker, so its module-scoped runs are made once; the tests of one shared server (the SLURM cluster,
+    Label Studio) run on one worker whatever their file: each worker would start its own, and two starting
+    one cluster at the same moment race on its daemons."""
+    for item in items:
+        server = next((name for name in ("slurm", "annotate") if item.get_closest_marker(name)), None)
+        item.add_marker(pytest.mark.xdist_group(server or item.nodeid.split("::")[0]))

@@ -95,7 +95,8 @@ def test_a_loss_the_rule_is_not_defined_for_is_refused():
 
 
 # Real runs: 6 DPO steps of the base tiny model, 16 pairs per step, every step logged.
-SHORT = ("debug=fast", "beta=adaptive", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=6",
+SHORT = ("debug=fast", "beta=adaptive", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=128",
+         "+dpo.args.max_steps=6",
          "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0", "checkpoint.every_steps=3")
 
 
@@ -106,7 +107,7 @@ def adaptive_history(results: dict) -> list[tuple]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive_straight")
-    return read_results(run_train(*SHORT, "dpo.args.per_device_train_batch_size=16", output_root=root))
+    return read_results(run_train(*SHORT, "dpo.args.per_device_train_batch_size=16", output_root=root, wandb=True))
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def test_launch_tools_import(module):
 @pytest.mark.slow
 def test_throughput_reaches_wandb_at_every_logging_step_of_sft_and_dpo(tmp_path):
     proc = run_train("debug=fast", "eval.enabled=false", "+dpo.args.max_steps=4", "dpo.args.logging_steps=2",
-                     "dpo.args.warmup_steps=0", "sft.args.logging_steps=4", output_root=tmp_path)
+                     "dpo.args.warmup_steps=0", "sft.args.logging_steps=4", output_root=tmp_path, wandb=True)
     results = read_results(proc)
     dpo_rows = [r for r in wandb_rows(Path(results["wandb"]["dir"])) if "train/loss" in r]
     assert [r["train/global_step"] for r in dpo_rows] == [2, 4]

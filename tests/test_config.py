@@ -11,11 +11,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from train.config.compose import CONFIG_DIR, compose
-from train.config.trainer_args import build_dpo_config, build_sft_config
+from train.config.choices import Stage
+from train.config.trainer_args import trl_config
 from train.config.validate import single_process_view
 from train.core.errors import ConfigError
+from train.memory.offload import check_offload_memory
 from train.pipeline.checks import check_config
-from train.runtime.distributed import check_offload_memory
 
 CONF = Path(CONFIG_DIR)
 REPO = CONF.parent
@@ -82,7 +83,7 @@ def test_deepspeed_group_produces_trainer_config(stage, tmp_path):
                       "dpo.args.gradient_accumulation_steps=3", "++dpo.args.max_grad_norm=0.25")
     env_before = dict(os.environ)
     with single_process_view():
-        args = build_dpo_config(cfg, tmp_path)
+        args = trl_config(cfg, Stage.dpo, tmp_path)
     assert dict(os.environ) == env_before  # building it left no environment variables behind
     assert args.beta == 0.3
     assert args.deepspeed == OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
@@ -98,14 +99,14 @@ def test_deepspeed_group_produces_trainer_config(stage, tmp_path):
     assert {key.rsplit(".", 1)[-1] for key in auto_keys(ds.config)} <= MODEL_SIZED
     offload = "cpu" if stage == "zero3_offload" else "none"
     assert (args.deepspeed_plugin.offload_param_device, args.deepspeed_plugin.offload_optimizer_device) == (offload, offload)
-    no_ds = build_dpo_config(compose_cfg("deepspeed=none"), tmp_path)
+    no_ds = trl_config(compose_cfg("deepspeed=none"), Stage.dpo, tmp_path)
     assert no_ds.deepspeed is None and no_ds.deepspeed_plugin is None
 
 
 def test_trainer_args_pass_through_to_trl():
     cfg = compose_cfg("dpo.args.learning_rate=0.5", "beta.value=0.3", "sft.args.max_length=64")
-    dpo = build_dpo_config(cfg, Path("/tmp/x"))
-    sft = build_sft_config(cfg, Path("/tmp/x"))
+    dpo = trl_config(cfg, Stage.dpo, Path("/tmp/x"))
+    sft = trl_config(cfg, Stage.sft, Path("/tmp/x"))
     assert (dpo.learning_rate, dpo.beta, sft.max_length) == (0.5, 0.3, 64)
     assert dpo.bf16 is False  # CPU: TRL's bf16=True default is switched off unless asked for
 

@@ -13,11 +13,11 @@ import torch
 from helpers.runs import process_state_restored
 from test_inprocess import TINY
 from train.config.compose import compose
-from train.pipeline.plan import eval_banner, training_banner
+from train.console.banners import eval_banner, training_banner
+from train.console.libraries import filter_harmless_warnings
+from train.console.progress import format_log_line
+from train.console.summary import settings_lines, summary_lines
 from train.pipeline.run import run
-from train.pipeline.summary import settings_lines, summary_lines
-from train.runtime.console import filter_harmless_warnings
-from train.trainer.console_log import format_log_line
 
 DPO_LOG = {"loss": 0.69314, "grad_norm": 0.6117, "learning_rate": 0.001, "beta": 0.1, "bad_steps": 0,
            "entropy": 4.107, "logits/chosen": -4.12, "rewards/accuracies": 0.75, "rewards/margins": 0.1234,

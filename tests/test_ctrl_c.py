@@ -8,7 +8,8 @@ import pytest
 from helpers.runs import read_results, run_train
 
 pytestmark = pytest.mark.slow
-SMALL = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=6", "checkpoint.every_steps=0",
+SMALL = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=256", "+dpo.args.max_steps=6",
+         "checkpoint.every_steps=0",
          "wandb.enabled=false", "name=ctrl-c")
 
 

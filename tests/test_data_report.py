@@ -141,7 +141,8 @@ def test_nothing_left_is_an_error_too(root, tokenizer, monkeypatch):
 
 
 def test_synthetic_report_shows_no_drops_and_keeps_the_generated_rows(root, tokenizer):
-    from train.data import synthetic, to_conversational
+    from helpers.chat import to_conversational
+    from train.data import synthetic
 
     cfg = config(root, "synthetic", "debug=fast")
     data = load_preference_data(cfg, tokenizer)

@@ -26,7 +26,8 @@ from train.models.loading import ensure_base_model
 from train.pipeline.sft import sft_output_dir
 from train.trainer.reference_cache import LOGP_COLUMNS, ReferenceLogpsCache
 
-FAST = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=4", "dpo.args.logging_steps=1",
+FAST = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=128", "+dpo.args.max_steps=4",
+        "dpo.args.logging_steps=1",
         "dpo.args.warmup_steps=0", "dpo.reference=precomputed")
 KEY, TOKEN = "0123456789abcdef0123", "89abcdef"  # the shapes of a reference-cache key and a run's token
 
@@ -196,7 +197,7 @@ def test_a_reference_cache_entry_changed_in_place_is_recomputed(tmp_path):
     root = tmp_path / "sweep"
     run_train(*FAST, output_root=root)
     (train_entry,) = [root / "ref_cache" / f"{m.stem}.arrow" for m in (root / "ref_cache").glob("*.json")
-                      if json.loads(m.read_text()).get("rows") == 512]
+                      if json.loads(m.read_text()).get("rows") == 128]
     original = logps(train_entry)
     change_logps_in_place(train_entry)
     assert logps(train_entry) != original

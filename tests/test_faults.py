@@ -13,7 +13,7 @@ from helpers.runs import REPO, assert_same_run, read_results, run_train
 from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
-SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
+SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=256", "+dpo.args.max_steps=8",
          "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0", "checkpoint.every_steps=4")
 
 
@@ -135,7 +135,7 @@ def test_real_preemption_on_slurm_resumes_exactly(slurm_cluster, tmp_path):
     uninterrupted run ends (same process count and seed; compared as helpers.runs.assert_same_run)."""
     common = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=40",
               "dpo.args.logging_steps=1", "checkpoint.every_steps=100", "dpo.args.per_device_train_batch_size=64",
-              "data.synthetic.num_pairs=2560")
+              "data.synthetic.num_pairs=640")  # 4 epochs of 10 steps: the resume crosses an epoch boundary too
     reference = read_results(run_train(*common, output_root=tmp_path / "straight"))
 
     jobs = tmp_path / "slurm" / "jobs" / "default"

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from train.models.flops import ModelSpec, dpo_step_flops, forward_flops, parameter_count, training_flops
+from helpers.flops import parameter_count
+from train.models.flops import ModelSpec, dpo_step_flops, forward_flops, training_flops
 from train.trainer.throughput import known_gpu_peak, sequence_lengths
 
 # d=4, f=8, 1 layer, 2 heads of 2 (no GQA), vocabulary 10.

@@ -18,11 +18,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from helpers import wandb_file
 from helpers.runs import read_results, results_path, run_train
+from helpers.sampling import sample_prompts
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import synthetic
 from train.models import judges
-from train.models.sampling import render_prompts, sample, sample_prompts, sequence_logps, shard_bounds, win_rate
+from train.models.sampling import render_prompts, sample, sequence_logps, shard_bounds, win_rate
 from train.models.tiny import build_tokenizer
 from train.pipeline.checks import check_config
 from train.pipeline.results import final_metrics
@@ -213,7 +214,7 @@ def test_with_the_reward_model_as_judge_dpo_scores_above_sft(shared_output_root,
 
 @pytest.fixture(scope="module")
 def hh_run(shared_output_root, reward_model):
-    return run_train(*HH, *judge_overrides(reward_model), output_root=shared_output_root)
+    return run_train(*HH, *judge_overrides(reward_model), output_root=shared_output_root, wandb=True)
 
 
 @pytest.mark.slow

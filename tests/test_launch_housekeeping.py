@@ -94,7 +94,7 @@ def test_a_dry_run_leaves_no_run_directory_and_an_older_empty_one_is_kept(tmp_pa
 
 def test_real_model_at_the_tiny_learning_rates_gets_a_hint():
     from train.config.compose import compose
-    from train.pipeline.summary import real_model_hint, settings_lines
+    from train.console.summary import real_model_hint, settings_lines
 
     lines = settings_lines(compose(["model=qwen2_5_0_5b"]), Path("/runs/x"), 1, 1)
     (hint,) = [line for line in lines if line.startswith("hint:")]

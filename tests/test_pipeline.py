@@ -17,7 +17,7 @@ REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewa
 
 @pytest.fixture(scope="module")
 def full_run(shared_output_root):
-    return run_train("debug=fast", output_root=shared_output_root)
+    return run_train("debug=fast", output_root=shared_output_root, wandb=True)
 
 
 def test_dpo_beats_its_reference_under_the_judge(full_run):

@@ -17,10 +17,10 @@ from helpers.runs import REPO
 from train import plan as plan_entry
 from train.config.compose import compose
 from train.core.errors import ConfigError
-from train.models.architecture import Architecture, count_parameters, from_model_config, transformers_config
-from train.models.memory_plan import Setting, plan
-from train.models.memory_trace import trace_dpo_step
-from train.pipeline.memory_check import check_memory_plan, memory_gate, memory_problem
+from train.memory.architecture import Architecture, count_parameters, from_model_config, transformers_config
+from train.memory.estimate import Setting, plan
+from helpers.memory_trace import trace_dpo_step
+from train.memory.gate import check_memory_plan, memory_gate, memory_problem
 
 MODELS = ("tiny", "qwen2_5_0_5b", "llama3_8b", "mistral_7b")
 ARCH_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -210,8 +210,8 @@ def test_launch_check_on_a_real_gpu_refuses_a_config_no_gpu_holds():
 
 def test_evaluation_memory_is_planned_and_a_gpu_it_cannot_fit_stops_the_launch():
     """Evaluation holds one whole model per GPU (ZeRO does not shard it): 8B in bf16 is 15 GiB of weights alone."""
-    from train.models.memory_candidates import eval_memory
-    from train.pipeline.memory_check import eval_problem
+    from train.memory.candidates import eval_memory
+    from train.memory.gate import eval_problem
 
     cfg = compose(["model=llama3_8b", "recipe=real_model"])
     planned = eval_memory(cfg, 80)
@@ -225,7 +225,7 @@ def test_evaluation_memory_is_planned_and_a_gpu_it_cannot_fit_stops_the_launch()
 
 
 def test_plan_prints_the_launch_command_with_its_process_count():
-    from train.pipeline.memory_report import launch_command
+    from train.memory.report import launch_command
 
     assert launch_command([], 1, 1) == "make train"
     assert launch_command(["deepspeed=zero3", "+dpo.args.x=1"], 8, 1) == 'make train NPROC=8 ARGS="deepspeed=zero3 +dpo.args.x=1"'
@@ -252,7 +252,7 @@ def assert_prints(capsys, argv: list[str], *lines: str) -> str:
 
 
 def test_cpu_offload_needs_host_memory_per_node_and_is_refused_where_the_host_cannot_hold_it(capsys):
-    from train.models.memory_plan import GIB, host_bytes_per_node
+    from train.memory.estimate import GIB, host_bytes_per_node
 
     arch = arch_of("llama3_8b")
     for nodes in (1, 2):

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from train.trainer.beta import SCHEDULES
-from train.data import synthetic, to_conversational
+from helpers.chat import to_conversational
+from train.data import synthetic
 from train.models.sampling import win_rate
+from train.trainer.beta import SCHEDULES
 
 
 def test_generation_is_deterministic_per_seed():

@@ -10,7 +10,7 @@ import pytest
 
 from train.config.compose import compose
 from train.core.errors import ConfigError
-from train.pipeline.recommend import (HELD_OUT_ACCURACY, JUDGE_REWARD, Point, check, objective, pareto_front,
+from train.sweep.recommend import (HELD_OUT_ACCURACY, JUDGE_REWARD, Point, check, objective, pareto_front,
                                       recommend, scored)
 
 
@@ -148,7 +148,7 @@ def test_an_adaptive_beta_run_is_named_by_its_rule_not_as_a_constant_beta():
 
 
 # Uncertainty: every figure a sweep is ranked by carries its 95% interval and sample size, and runs the intervals
-# cannot separate from the best are reported as tied (train/pipeline/uncertainty.py, recommend.TIE_RULE).
+# cannot separate from the best are reported as tied (train/sweep/uncertainty.py, recommend.TIE_RULE).
 
 def judged(run: str, beta: float, rewards: list[float], kl=None) -> dict:
     r = row(run, beta, judge=sum(rewards) / len(rewards), kl=kl)
@@ -157,7 +157,7 @@ def judged(run: str, beta: float, rewards: list[float], kl=None) -> dict:
 
 
 def test_bootstrap_and_wilson_intervals_on_known_data():
-    from train.pipeline.uncertainty import bootstrap_mean, wilson
+    from train.sweep.uncertainty import bootstrap_mean, wilson
 
     assert bootstrap_mean([2.5] * 32) == (2.5, 2.5)  # no spread, no uncertainty
     coin = [0.0, 1.0] * 16  # mean 0.5, standard error 0.5 / sqrt(32) = 0.088: 95% about +-0.17
@@ -236,7 +236,7 @@ def test_report_shows_each_runs_interval_and_n_and_marks_the_tied_runs(tmp_path)
 def test_margins_plot_marks_a_run_that_logged_one_step():
     import numpy as np
 
-    from train.pipeline.sweep_plots import margins_figure
+    from train.sweep.plots import margins_figure
 
     results = {"beta": 0.1, "dpo": {"history": [{"step": 1, "rewards/margins": 0.05, "rewards/accuracies": 0.5}]}}
     fig = margins_figure([results])

@@ -144,7 +144,8 @@ def test_lookup_refuses_stale_partial_or_mismatched_files(model_dir, tmp_path):
 
 # --- real runs --------------------------------------------------------------------------------------
 
-FAST = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=4", "dpo.args.logging_steps=1",
+FAST = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=128", "+dpo.args.max_steps=4",
+        "dpo.args.logging_steps=1",
         "dpo.args.warmup_steps=0")
 
 

@@ -12,21 +12,22 @@ from transformers import AutoConfig
 
 from helpers.runs import read_results, run_train
 from train.config.compose import compose
-from train.config.trainer_args import build_reward_config
+from train.config.choices import Stage
+from train.config.trainer_args import trl_config
+from train.console.banners import training_banner
+from train.console.summary import summary_lines
 from train.core.errors import ConfigError
 from train.data import load_preference_data
 from train.models import judges
 from train.models.loading import load_tokenizer
 from train.models.sampling import win_rate
 from train.pipeline.checks import check_config
-from train.pipeline.plan import training_banner
-from train.pipeline.summary import summary_lines
 
 
 def test_reward_settings_build_trls_reward_config_with_the_pipelines_checkpoints(tmp_path):
     cfg = compose(["stage=reward", "reward.args.learning_rate=0.002", "checkpoint.every_steps=7"])
     check_config(cfg)
-    args = build_reward_config(cfg, tmp_path)
+    args = trl_config(cfg, Stage.reward, tmp_path)
     assert type(args).__name__ == "RewardConfig"
     assert (args.learning_rate, args.save_steps, args.seed, args.max_length) == (0.002, 7, cfg.seed, 128)
     assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())  # TRL's True fails on CPU
@@ -51,7 +52,7 @@ def test_bad_reward_settings_are_refused_in_one_line(overrides, message):
 
 
 def test_the_banner_counts_pairs_and_the_summary_shows_the_reward_model(tmp_path):
-    args = build_reward_config(compose(["stage=reward"]), tmp_path)
+    args = trl_config(compose(["stage=reward"]), Stage.reward, tmp_path)
     banner = training_banner("reward", args, 2000, 1, "pairs")
     assert banner.startswith("== reward: training 189 optimizer steps on 1 process") and "2000 pairs" in banner
     lines = summary_lines({"reward": {"path": "/r/reward_model", "held_out_accuracy": 0.95, "num_pairs": 64},

@@ -12,7 +12,8 @@ from helpers.runs import REPO, read_results, results_path, run_train
 from train.core.locks import hold_exclusive, release
 
 pytestmark = pytest.mark.slow
-SMALL = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=3", "checkpoint.every_steps=0")
+SMALL = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=128", "+dpo.args.max_steps=3",
+         "checkpoint.every_steps=0")
 
 
 def test_a_finished_run_says_so_and_keeps_its_results(tmp_path):

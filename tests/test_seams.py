@@ -425,13 +425,14 @@ def test_trl_dpo_forwards_still_go_through_the_fused_head_with_the_inputs_we_lay
 
 
 def test_torch_fake_tensors_and_mem_tracker_still_trace_a_step():
-    """train/models/memory_trace.py: a fake-tensor step attributed by MemTracker."""
+    """tests/helpers/memory_trace.py: a fake-tensor step attributed by MemTracker."""
     import torch
+    from helpers.memory_trace import fake_tensor_mode, memory_tracker
 
-    with seams.fake_tensor_mode():
+    with fake_tensor_mode():
         layer = torch.nn.Linear(64, 64)
         optimizer = torch.optim.AdamW(layer.parameters())
-        tracker = seams.memory_tracker()
+        tracker = memory_tracker()
         tracker.track_external(layer, optimizer)
         with tracker:
             layer(torch.randn(8, 64)).sum().backward()

@@ -13,7 +13,8 @@ from transformers import TrainerControl, TrainerState
 
 from helpers.runs import assert_same_run, read_results, run_train
 from train.config.compose import compose
-from train.config.trainer_args import build_sft_config
+from train.config.choices import Stage
+from train.config.trainer_args import trl_config
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
 
 # 8 SFT steps, each logged, a checkpoint every 4; 2 DPO steps so the rerun also finishes DPO.
@@ -22,7 +23,7 @@ SHORT = ("debug=fast", "+sft.args.max_steps=8", "sft.args.logging_steps=1", "che
 
 
 def test_sft_saves_every_checkpoint_interval_and_drops_the_save_at_its_last_step(tmp_path):
-    args = build_sft_config(compose(["checkpoint.every_steps=4"]), tmp_path)
+    args = trl_config(compose(["checkpoint.every_steps=4"]), Stage.sft, tmp_path)
     assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 4, None)
     for step, saved in ((4, True), (8, False)):
         control = NoCheckpointAtEnd().on_step_end(args, TrainerState(global_step=step, max_steps=8),
@@ -53,7 +54,8 @@ def runs(tmp_path_factory):
     a copy of its output root taken before anything resumed it."""
     root = tmp_path_factory.mktemp("sft_resume")
     straight = read_results(run_train(*SHORT, output_root=root / "straight"))
-    stopped = run_train(*SHORT, output_root=root / "split", check=False, env={"DPO_FAULT_INJECT": "sigterm:6@sft"})
+    stopped = run_train(*SHORT, output_root=root / "split", check=False, env={"DPO_FAULT_INJECT": "sigterm:6@sft"},
+                       wandb=True)
     shutil.copytree(root / "split", root / "damaged", symlinks=True)
     return root, straight, stopped
 
@@ -75,7 +77,7 @@ def test_a_signal_during_sft_saves_a_complete_sft_checkpoint_and_exits_75(runs):
 def test_the_rerun_resumes_sft_exactly_and_finishes_both_stages(runs):
     root, straight, _ = runs
     work = sft_work_dir(root / "split")
-    proc = run_train(*SHORT, output_root=root / "split")
+    proc = run_train(*SHORT, output_root=root / "split", wandb=True)
     assert f"resume: continuing from {work / 'checkpoint-6'}" in proc.stdout
     results = read_results(proc)
     assert results["sft"]["resumed_from"] == str(work / "checkpoint-6") and results["sft"]["steps"] == 8

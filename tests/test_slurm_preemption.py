@@ -22,7 +22,7 @@ from helpers.runs import REPO, read_results, run_train
 from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
-SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=8",
+SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=256", "+dpo.args.max_steps=8",
          "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0", "checkpoint.every_steps=4")
 NOT_CLEAN = ("Traceback", "Exception ignored", "ConnectionResetError", "socket.send() raised")
 CLOSING = "wandb: could not close the run"  # our one line about W&B, which names the error
@@ -67,7 +67,8 @@ def test_reporters_fall_silent_once_a_signal_arrives():
 def test_sigterm_that_also_ends_wandb_saves_exits_75_and_resumes(tmp_path):
     # wandbkill: W&B's service processes get SIGTERM and are gone before training goes on, as under
     # `scancel --signal=TERM`; then this process gets its own SIGTERM at the same step.
-    stopped = run_train(*SHORT, output_root=tmp_path, check=False, env={"DPO_FAULT_INJECT": "wandbkill:4,sigterm:4"})
+    stopped = run_train(*SHORT, output_root=tmp_path, check=False, env={"DPO_FAULT_INJECT": "wandbkill:4,sigterm:4"},
+                       wandb=True)
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 75, output[-3000:]
     assert "fault injection: wandbkill at step 4: ended wandb-core" in stopped.stdout  # W&B's service was gone
@@ -79,7 +80,7 @@ def test_sigterm_that_also_ends_wandb_saves_exits_75_and_resumes(tmp_path):
     assert (run_dir / "dpo" / "checkpoint-4" / "COMPLETE").exists()
     assert [json.loads(line)["step"] for line in (run_dir / "preemptions.jsonl").read_text().splitlines()] == [4]
 
-    resumed = read_results(run_train(*SHORT, output_root=tmp_path))
+    resumed = read_results(run_train(*SHORT, output_root=tmp_path, wandb=True))
     assert resumed["dpo"]["resumed_from"].endswith("checkpoint-4") and resumed["dpo"]["steps"] == 8
     assert [e["step"] for e in resumed["dpo"]["history"]][-4:] == [5, 6, 7, 8]
     assert wandb_run_ids(run_dir) == {resumed["wandb"]["run_id"]}  # the same W&B run, continued

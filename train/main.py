@@ -21,12 +21,11 @@ from omegaconf import DictConfig
 from train.config.compose import CONFIG_DIR, compose_overrides, register, sweep_combinations
 from train.config.overrides import command_overrides, is_inspect_flag, with_appended
 from train.config.validate import check_override_secrets
-from train.core.cli import EXIT_INTERRUPTED, EXIT_STOPPED, fail, fail_on_main_process
-from train.core.errors import ConfigError, Preempted, TrainingAborted
-from train.core.files import read_json
-from train.core.storage import storage_problem, unwritable
+from train.core.cli import EXIT_INTERRUPTED, exit_codes, fail_on_main_process
+from train.core.errors import ConfigError
+from train.core.storage import unwritable
 from train.runtime.run_output import run_output
-from train.runtime.slurm import run_on_this_node, submitit_job_environment
+from train.runtime.slurm import hand_over_to_node
 
 register()
 
@@ -38,30 +37,12 @@ def hydra_main(cfg: DictConfig) -> dict | float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    slurm_job = submitit_job_environment()
-    if slurm_job is not None and slurm_job.num_nodes * cfg.nproc_per_node > 1:
-        # A submitit task of a multi-process job: start this node's processes, which re-enter here.
-        run_on_this_node(slurm_job, list(hydra_cfg.overrides.task), run_dir, cfg.nproc_per_node)
-        results = read_json(run_dir / "results.json")
-        if slurm_job.global_rank == 0 and results is not None:
-            print(f"results: {run_dir / 'results.json'}", flush=True)
-        return job_return(cfg, hydra_cfg, results)
+    # A submitit task of a multi-process job starts this node's processes, which re-enter here.
+    if (handed := hand_over_to_node(list(hydra_cfg.overrides.task), run_dir, cfg.nproc_per_node)) is not None:
+        return job_return(cfg, hydra_cfg, handed.results)
     with run_output(run_dir):  # <run dir>/run.log, and no empty run directory left by a refused start
-        try:
+        with exit_codes(cfg.output_root, close_progress_bars):
             results = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname or "default")
-        except (ConfigError, TrainingAborted) as err:
-            close_progress_bars()  # the error line starts a line of its own
-            fail(str(err))
-        except Preempted as stop:
-            print(f"stopped: {stop}", flush=True)
-            # Rerun to resume; 0 once the scheduler has requeued the job.
-            sys.exit(0 if stop.requeued else EXIT_STOPPED)
-        except Exception as err:  # a full or read-only disk is the user's to fix: one line, not a traceback
-            problem = storage_problem(err, Path(cfg.output_root))
-            if problem is None:
-                raise
-            close_progress_bars()
-            fail(f"{problem}; free some space or set output_root=<a writable directory> (complete files were kept)")
         if not cfg.dry_run and (run_dir / "results.json").exists():
             print(f"results: {run_dir / 'results.json'}", flush=True)
     return job_return(cfg, hydra_cfg, results)
@@ -72,7 +53,7 @@ def job_return(cfg: DictConfig, hydra_cfg, results: dict | None) -> dict | float
     maximizes the float it gets: search.metric of this run."""
     if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("hydra/sweeper") == "basic":
         return results
-    from train.pipeline.recommend import objective  # deferred: see main()
+    from train.sweep.recommend import objective  # deferred: see main()
 
     value = objective(results or {}, cfg.search.metric)
     print(f"search: {cfg.search.metric} = {value:.4g}", flush=True)
@@ -90,9 +71,9 @@ def precheck(argv: list[str]) -> list[str]:
         check_override_secrets(overrides)
         configs = [compose_overrides(c) for c in (sweep_combinations(overrides) if multirun else [overrides])]
         for cfg, _ in [] if inspect else configs:  # --cfg and --info only print: no checks, no torch imports
-            from train.pipeline.checks import check_config  # deferred: see main()
+            from train.pipeline.checks import start_plan  # deferred: see main()
 
-            check_config(cfg)
+            start_plan(cfg)  # kept for this combination's run() in this process: checked once
             if problem := unwritable(Path(cfg.output_root)):
                 raise ConfigError(f"output_root={cfg.output_root}: {problem}; set output_root=<a writable directory>")
     except ConfigError as err:
@@ -102,7 +83,7 @@ def precheck(argv: list[str]) -> list[str]:
 
 def main() -> None:
     # The pipeline's imports (torch, transformers, TRL, DeepSpeed: seconds) are deferred: `--help` answers at once.
-    from train.runtime.console import quiet_libraries
+    from train.console.libraries import quiet_libraries
 
     try:
         quiet_libraries()

@@ -11,7 +11,7 @@ node that CPU offload needs), the recommendation with its overrides and the comm
 nodes x gpus_per_node processes, why a fitting LoRA row is not the recommendation, the offload rows the host cannot
 hold, and one JSON object as the last line: {"given", "recommended", "candidates", "eval", "launch",
 "host_memory_gb"}, each candidate with overrides, fits, per_gpu_gb, host_gb_per_node and why_not. GB here are GiB
-(2**30 bytes), as DeepSpeed's estimators print them. The figures are train/models/memory_plan.py's.
+(2**30 bytes), as DeepSpeed's estimators print them. The figures are train/memory/estimate.py's.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import json
 import sys
 
 from train.config.compose import compose
+from train.console.libraries import quiet_libraries
 from train.core.cli import fail
 from train.core.errors import ConfigError
 from train.core.memory import host_memory_gb
-from train.models.architecture import from_model_config
-from train.models.memory_candidates import candidates, eval_memory, evaluate, recommend, setting_from_config
-from train.pipeline.memory_report import HEADER, launch_command, recommendation_lines, row
-from train.runtime.console import quiet_libraries
+from train.memory.architecture import from_model_config
+from train.memory.candidates import candidates, eval_memory, evaluate, recommend, setting_from_config
+from train.memory.report import HEADER, launch_command, recommendation_lines, row
 
 OWN_KEYS = {"gpus_per_node": int, "nodes": int, "gpu_memory_gb": float, "host_memory_gb": float}
 DEFAULTS = {"gpus_per_node": 1, "nodes": 1, "gpu_memory_gb": 80.0, "host_memory_gb": None}  # host: this machine's

@@ -21,13 +21,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from train.config.compose import compose
+from train.console.libraries import quiet_libraries
 from train.core.cli import fail
 from train.core.errors import ConfigError
 from train.data import prepare
 from train.data.validation import format_report, threshold_message
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
-from train.runtime.console import quiet_libraries
 
 USAGE = "usage: python -m train.prepare data=<name> [data.source=<path>] [<override> ...] out=<file.jsonl>"
 

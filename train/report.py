@@ -2,7 +2,7 @@
 multirun (grid sweep or search) ends.
 
 Writes summary.csv, report.md, reward_vs_kl.png and margins.png into the sweep directory
-(train/pipeline/sweep_report.py says what each holds) and prints the recommended beta.
+(train/sweep/report.py says what each holds) and prints the recommended beta.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class SweepReportCallback(Callback):
 def write_report(sweep_dir: Path, kl_budget: Optional[float] = None):
     # Deferred on purpose: this module is imported by every `python -m train` (Hydra builds the callback at
     # start-up), and the report needs matplotlib only when a sweep ends.
-    from train.pipeline.sweep_report import write_report as write
+    from train.sweep.report import write_report as write
 
     return write(sweep_dir, kl_budget)
 

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from accelerate.state import AcceleratorState
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
 from tqdm import tqdm
 
 # --- TRL's DPOTrainer ------------------------------------------------------------------------------
@@ -101,23 +99,6 @@ def reset_accelerate_state() -> None:
     """Forget accelerate's process state so the next PartialState is built afresh (transformers'
     TrainingArguments does the same internally)."""
     AcceleratorState._reset_state(reset_partial_state=True)
-
-
-# --- torch -----------------------------------------------------------------------------------------
-# The memory plan's traced step (train/models/memory_trace.py): torch exports neither class publicly.
-# FakeTensorMode gives tensors shapes and dtypes but no storage (an 8B step traced with no memory);
-# MemTracker attributes the live tensors at a step's peak to parameters, gradients, optimizer states and
-# activations. Both checked in torch 2.13.
-
-
-def fake_tensor_mode():
-    """A fresh `torch._subclasses.fake_tensor.FakeTensorMode` (use as a context manager)."""
-    return FakeTensorMode()
-
-
-def memory_tracker():
-    """A fresh `torch.distributed._tools.mem_tracker.MemTracker` (use as a context manager; `.get_tracker_snapshot()`)."""
-    return MemTracker()
 
 
 # --- Hydra -----------------------------------------------------------------------------------------

@@ -17,9 +17,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+              env: dict | None = None, wandb: bool = False) -> subprocess.CompletedProcess:
     """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
-    it; W&B offline, outputs under `output_root`; `env` adds (or with None removes) environment variables."""
+    it; outputs under `output_root`; `env` adds (or with None removes) environment variables. W&B is off
+    unless `wandb=True` (offline then) or an override sets it: its service takes seconds to start in every
+    run, and only the tests that read its files need it."""
+    if wandb:
+        overrides = (*overrides, "wandb.mode=offline")
+    elif not any(o.lstrip("+").startswith("wandb.") for o in overrides):
+        overrides = (*overrides, "wandb.mode=disabled")
     env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}  # None in `env` removes a variable
     launcher = [sys.executable, "-m", "train"]

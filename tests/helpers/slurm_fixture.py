@@ -36,6 +36,6 @@ def slurm_cluster():
 
 def dpo_steps_logged(jobs: Path) -> int:
     """DPO steps the submitit jobs under `jobs` have logged so far: one console line per logging step
-    (train/trainer/console_log.py: "dpo step 4/16 loss ... margins ...")."""
+    (train/console/progress.py: "dpo step 4/16 loss ... margins ...")."""
     return sum(len(re.findall(r"^dpo step \d+/\d+ .*margins", p.read_text(), re.M))
                for p in jobs.glob(".submitit/*/*_log.out"))

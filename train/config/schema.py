@@ -40,7 +40,7 @@ class TinyModelSpec:
 
 @dataclass
 class ArchitectureSpec:
-    """What the memory plan (train/models/memory_plan.py) needs of a model, known without its weights; each
+    """What the memory plan (train/memory/estimate.py) needs of a model, known without its weights; each
     conf/model/*.yaml sets it, checked against the model's config.json whenever that is on disk."""
 
     model_type: str = MISSING  # transformers model_type (llama, qwen2, mistral): builds the config to trace
@@ -252,7 +252,7 @@ class ReportConfig:
 @dataclass
 class SearchConfig:
     # What an optimizing sweeper (hydra/sweeper=beta_search) maximizes: `auto` or a results.json path
-    # (train/pipeline/recommend.py OBJECTIVES).
+    # (train/sweep/recommend.py OBJECTIVES).
     metric: str = MISSING
 
 

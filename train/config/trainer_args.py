@@ -9,12 +9,14 @@ device state (transformers does that in __post_init__); validation therefore bui
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +25,7 @@ from trl import DPOConfig, RewardConfig, SFTConfig
 
 from train.config.typecheck import coerce
 from train.core.errors import ConfigError
-from train.config.choices import Reference
+from train.config.choices import Reference, Stage
 
 # Keys the pipeline sets itself: taking them from `*.args` would split one setting across two places.
 PIPELINE_OWNED_KEYS = {
@@ -90,9 +92,8 @@ def trainer_args(cfg: DictConfig, stage: str, config_cls: type) -> dict[str, Any
     return args
 
 
-def common_kwargs(cfg: DictConfig, args: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+def common_kwargs(cfg: DictConfig, args: dict[str, Any]) -> dict[str, Any]:
     common = {
-        "output_dir": str(output_dir),
         "seed": cfg.seed,
         # TRL defaults to bf16=True, which fails on CPU; follow the hardware unless the user chose.
         "bf16": args.pop("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
@@ -126,29 +127,69 @@ def construct(config_cls: type, stage: str, kwargs: dict[str, Any]):
         raise ConfigError(f"{stage}.args: {config_cls.__name__} rejected the settings: {first_line}") from err
 
 
-def build_sft_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> SFTConfig:
-    kwargs = common_kwargs(cfg, trainer_args(cfg, "sft", SFTConfig), output_dir)
-    # Checkpoints as DPO's, so a preempted SFT resumes; the one transformers saves at the last
-    # step is dropped by the SFT stage (NoCheckpointAtEnd): its final model is saved right after.
+STAGE_CONFIGS = {Stage.sft: SFTConfig, Stage.dpo: DPOConfig, Stage.reward: RewardConfig}
+
+
+def stage_kwargs(cfg: DictConfig, stage: Stage) -> dict[str, Any]:
+    """The keyword arguments of `stage`'s TRL config, each key and value checked: all of them but output_dir and
+    what the runtime adds (process group, report_to)."""
+    args = trainer_args(cfg, stage, STAGE_CONFIGS[stage])
+    if stage == Stage.dpo:
+        check_loss_types(args)
+    kwargs = common_kwargs(cfg, args)
+    if stage == Stage.dpo:
+        kwargs["beta"] = cfg.beta.value
+        kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == Reference.precomputed
+    # Checkpoints alike in every stage, so each resumes after a preemption; the one transformers saves at SFT's
+    # last step is dropped by the SFT stage (NoCheckpointAtEnd): its final model is saved right after.
     kwargs.update(checkpoint_kwargs(cfg))
-    return construct(SFTConfig, "sft", with_extra(kwargs, extra))
+    return kwargs
 
 
-def build_dpo_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> DPOConfig:
-    args = trainer_args(cfg, "dpo", DPOConfig)
-    check_loss_types(args)
-    kwargs = common_kwargs(cfg, args, output_dir)
-    kwargs["beta"] = cfg.beta.value
-    kwargs["precompute_ref_log_probs"] = cfg.dpo.reference == Reference.precomputed
-    kwargs.update(checkpoint_kwargs(cfg))
-    return construct(DPOConfig, "dpo", with_extra(kwargs, extra))
+def build_config(stage: Stage, kwargs: Mapping[str, Any], output_dir: Path, extra: dict[str, Any] | None = None):
+    # A deep copy: TrainingArguments and the trainers may change the nested dicts they are given.
+    return construct(STAGE_CONFIGS[stage], stage,
+                     with_extra({**copy.deepcopy(dict(kwargs)), "output_dir": str(output_dir)}, extra))
 
 
+def trl_config(cfg: DictConfig, stage: Stage, output_dir: Path, extra: dict[str, Any] | None = None):
+    """`stage`'s TRL config straight from `cfg`, checked as it is built: for what runs without the start check
+    (the benchmarks, the GPU check) and for the tests of single settings."""
+    return build_config(stage, stage_kwargs(cfg, stage), output_dir, extra)
 
-def build_reward_config(cfg: DictConfig, output_dir: Path, extra: dict[str, Any] | None = None) -> RewardConfig:
-    kwargs = common_kwargs(cfg, trainer_args(cfg, "reward", RewardConfig), output_dir)
-    kwargs.update(checkpoint_kwargs(cfg))  # checkpoints and resume as SFT's and DPO's
-    return construct(RewardConfig, "reward", with_extra(kwargs, extra))
+
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+    """One stage's trainer settings as the start check accepted them, and the numbers the pipeline reads before
+    its trainer exists (the start checks, dry_run's plan), TRL's defaults filled in. The TRL config built to check
+    them is not kept: constructing a TrainingArguments sets up accelerate's device state (here in a single-process
+    view) and registers its DeepSpeed config globally, where transformers' ZeRO-3 checks read it while models
+    load. The trainer's own config is constructed from these kwargs in the process's real state, with its
+    output_dir and the runtime's settings; keys and values are not checked again."""
+
+    stage: Stage
+    kwargs: Mapping[str, Any]
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    num_train_epochs: float
+    max_steps: int
+    warmup_steps: float
+    learning_rate: float
+    max_length: int | None
+
+    @classmethod
+    def checked(cls, cfg: DictConfig, stage: Stage) -> "StageArgs":
+        """Raises ConfigError for what the keys, their types, or TRL and transformers refuse. Build inside
+        single_process_view (train/config/validate.py): no process group is started."""
+        kwargs = stage_kwargs(cfg, stage)
+        config = build_config(stage, kwargs, Path("/nonexistent/validate-only"))
+        numbers = {f.name: getattr(config, f.name, None) for f in dataclasses.fields(cls)[2:]}
+        return cls(stage, MappingProxyType(kwargs), **numbers)
+
+    def build(self, output_dir: Path, extra: dict[str, Any] | None = None):
+        """The config the trainer runs with."""
+        return build_config(self.stage, self.kwargs, output_dir, extra)
+
 
 def checkpoint_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """Saved every `checkpoint.every_steps` steps and at the end (transformers saves at the last step under

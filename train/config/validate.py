@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.choices import BetaSchedule, Reference, Stage
-from train.config.trainer_args import build_dpo_config, build_reward_config, build_sft_config
+from train.config.trainer_args import STAGE_CONFIGS, StageArgs
 from train.config.typecheck import check_known_keys
 from train.core.errors import ConfigError
 from train.core.paths import looks_like_local_path
@@ -29,7 +29,8 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "G
                       "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> dict[str, StageArgs]:
+    """Returns each stage's checked trainer settings (sft, dpo, reward), for the run to build its trainers from."""
     check_no_secrets(OmegaConf.to_container(cfg, resolve=False), "")
     check_known_keys(cfg)
     check_beta(cfg.beta)
@@ -50,14 +51,13 @@ def validate(cfg: DictConfig) -> None:
     check_data_fractions(cfg.data)
     # The trainers' real configs, DeepSpeed dict included: what TRL and transformers refuse, refused now.
     with single_process_view():
-        sft_args = build_sft_config(cfg, Path("/nonexistent/validate-only"))
-        dpo_args = build_dpo_config(cfg, Path("/nonexistent/validate-only"))
-        reward_args = build_reward_config(cfg, Path("/nonexistent/validate-only"))
-    for stage, args in (("sft", sft_args), ("dpo", dpo_args), ("reward", reward_args)):
+        checked = {stage: StageArgs.checked(cfg, stage) for stage in STAGE_CONFIGS}
+    for stage, args in checked.items():
         if cfg[stage].enabled:
             check_training_length(stage, args)
     if cfg.stage == Stage.reward and not cfg.reward.enabled:
         raise ConfigError("stage=reward with reward.enabled=false: nothing to train; set reward.enabled=true")
+    return checked
 
 
 def check_data_fractions(data: DictConfig) -> None:

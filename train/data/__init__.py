@@ -9,5 +9,4 @@ from train.data.preference import (  # noqa: F401  (the data layer's public name
     check_config,
     load_preference_data,
     prepare,
-    to_conversational,
 )

@@ -66,15 +66,6 @@ def check_config(cfg: DictConfig) -> None:
     resolve_options(cfg.data)
 
 
-def to_conversational(row: dict) -> dict:
-    """Plain strings -> chat messages: the prompt is a user turn, each response an assistant turn."""
-    out = {}
-    for key, value in row.items():
-        role = "user" if key == "prompt" else "assistant"
-        out[key] = [{"role": role, "content": value}] if key in ("prompt", "completion", "chosen", "rejected") else value
-    return out
-
-
 def generate_synthetic(cfg: DictConfig, root: Path) -> dict[str, str]:
     """Write the generated task as jsonl files, once per (seed, sizes); returns split -> file."""
     spec = OmegaConf.to_container(cfg.data.synthetic)

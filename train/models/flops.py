@@ -73,11 +73,3 @@ def dpo_step_flops(spec: ModelSpec, seq_lens: Iterable[int], reference_forward: 
     lens = list(seq_lens)
     forward = sum(forward_flops(spec, n) for n in lens)
     return (1 + BACKWARD_FACTOR + (1 if reference_forward else 0)) * forward
-
-
-def parameter_count(spec: ModelSpec, tied_embeddings: bool = False) -> int:
-    """Parameters implied by the spec (RMSNorm weights included), to check a spec against a model."""
-    d, q_width, kv_width = spec.hidden_size, spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    layer = d * q_width + 2 * d * kv_width + q_width * d + 3 * d * spec.intermediate_size + 2 * d
-    embeddings = spec.vocab_size * d * (1 if tied_embeddings else 2)
-    return spec.num_layers * layer + embeddings + d

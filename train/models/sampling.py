@@ -138,15 +138,6 @@ def sample_reference(reference, tokenizer, batches: list[dict], max_new_tokens: 
     return records
 
 
-def sample_prompts(policy, reference, tokenizer, texts: list[str], indices: list[int], max_new_tokens: int,
-                   temperature: float, batch_size: int, seed: int, progress: bool = False) -> list[dict]:
-    """Both halves with both models at hand. `texts` are rendered prompts and `indices` their places among all
-    eval prompts (which seed their samples). Policy and reference draw with the same per-prompt seeds (common
-    random numbers: a smaller variance of the win rate)."""
-    batches = sample_policy(policy, tokenizer, texts, indices, max_new_tokens, temperature, batch_size, seed, progress)
-    return sample_reference(reference, tokenizer, batches, max_new_tokens, temperature, progress)
-
-
 def judge_records(judge, records: list[dict], prompts: list) -> None:
     """Adds policy_reward and reference_reward to each record; `prompts` as the data gives them, by index."""
     raw = [prompts[r["index"]] for r in records]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from train.config.choices import Reference
+from train.console.banners import announce_training
 from train.core.files import mark_complete
 from train.core.memory import peak_rss_mb
 from train.core.ranks import num_machines
@@ -15,14 +17,13 @@ from train.core.trees import flatten
 from train.data import PreferenceData
 from train.models.adapters import ADAPTER_DIR, merge_adapter, pin_base_model
 from train.models.loading import load_tokenizer
-from train.pipeline.plan import announce_training
 from train.pipeline.results import DPOResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
+from train.pipeline.checks import start_plan
 from train.trainer.builders import build_dpo_trainer, reference_forward, release
 from train.trainer.throughput import ThroughputCallback
-from train.config.choices import Reference
 
 
 def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Path, wandb_run,
@@ -33,7 +34,7 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_dpo_trainer(cfg, str(start_from), data, load_tokenizer(cfg, str(start_from)), run_dir / "dpo",
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))},
-                                reference_path=str(reference))
+                                reference_path=str(reference), plan=start_plan(cfg))
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
     announce_training("dpo", cfg, trainer, len(data.train_pairs))
     ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))

@@ -8,13 +8,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from train.config.choices import Stage
-from train.config.trainer_args import build_dpo_config, build_sft_config
-from train.config.validate import single_process_view
+from train.console.banners import optimizer_steps, plan_warnings
 from train.core.ranks import world_size
 from train.data import PreferenceData
 from train.data.validation import token_ids
 from train.models.loading import count_parameters, load_model, load_tokenizer
-from train.pipeline.plan import optimizer_steps, plan_warnings
+from train.pipeline.checks import start_plan
 from train.pipeline.sft import sft_output_dir
 
 TOKEN_BATCH = 512
@@ -33,9 +32,8 @@ def token_count(tokenizer, dataset, responses: tuple[str, ...], conversational: 
 def dry_run(cfg: DictConfig, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
     tokenizer = load_tokenizer(cfg, base_path)
     model = load_model(cfg, base_path)
-    with single_process_view():
-        sft_args = build_sft_config(cfg, run_dir / "sft-dry-run")
-        dpo_args = build_dpo_config(cfg, run_dir / "dpo-dry-run")
+    checked = start_plan(cfg).args  # the settings as the start check built them: batch sizes, steps, max_length
+    sft_args, dpo_args = checked["sft"], checked["dpo"]
     processes, conversational = world_size(), cfg.data.conversational
     summary = {
         "dry_run": True,

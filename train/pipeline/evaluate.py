@@ -23,7 +23,7 @@ from train.models import judges
 from train.models.loading import load_model, load_tokenizer
 from train.models.sampling import (eval_metrics, judge_records, render_prompts, sample_policy, sample_reference,
                                    shard_bounds, win_rate)
-from train.pipeline.plan import eval_banner
+from train.console.banners import eval_banner
 from train.pipeline.results import EvalResult
 from train.runtime.distributed import gather_rank_figures, is_distributed, setup_process_group
 

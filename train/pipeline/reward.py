@@ -20,18 +20,19 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from train.config.schema import JudgeConfig
+from train.console.banners import announce_training
 from train.core.files import COMPLETE, mark_complete
 from train.core.ranks import is_main_process
 from train.data import PreferenceData
 from train.models.judges import load_reward_model, response_text
 from train.models.loading import load_tokenizer
 from train.models.sampling import win_rate
-from train.pipeline.plan import announce_training
 from train.pipeline.results import add_sft
 from train.pipeline.resumable import run_signature, train_resumably
 from train.pipeline.sft import keep_run_id, require_model, run_sft
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
+from train.pipeline.checks import start_plan
 from train.trainer.builders import build_reward_trainer, release
 from train.trainer.checkpoint import prune_at_end
 
@@ -82,7 +83,8 @@ def train_reward_model(cfg: DictConfig, resolved: dict, start: str, data: Prefer
     keep_run_id(work, wandb_run)
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_reward_trainer(cfg, start, data, load_tokenizer(cfg, start), work,
-                                   {**extra, "report_to": tracking.report_to(wandb_run, cfg.reward.args.get("report_to"))})
+                                   {**extra, "report_to": tracking.report_to(wandb_run, cfg.reward.args.get("report_to"))},
+                                   plan=start_plan(cfg))
     announce_training("reward", cfg, trainer, len(trainer.train_dataset))
     warn_dropped(len(data.train_pairs), len(trainer.train_dataset), trainer.args.max_length)
     faults.set_stage("reward")  # tests: injected faults name the stage they are for (sigterm:4@reward)

@@ -9,40 +9,42 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.choices import Stage
+from train.console.summary import print_settings, print_summary
 from train.core.errors import ConfigError
 from train.core.files import COMPLETE, is_complete, mark_complete, read_json, write_json
 from train.core.locks import hold_exclusive
 from train.core.ranks import is_main_process, num_machines
 from train.core.trees import flatten
 from train.data import load_preference_data
+from train.memory.offload import check_offload_memory
 from train.models.adapters import check_target_modules
 from train.models.judges import check_reward_model
 from train.models.loading import ensure_base_model, load_tokenizer
-from train.pipeline.checks import check_config
+from train.pipeline.checks import start_plan
 from train.pipeline.dpo import run_dpo
 from train.pipeline.dry_run import dry_run
 from train.pipeline.evaluate import run_eval
-from train.pipeline.reward import run_reward_stage
 from train.pipeline.results import add_dpo, add_rounds, add_eval, add_sft, final_metrics, start_results, write_results
+from train.pipeline.reward import run_reward_stage
 from train.pipeline.rounds import check_rounds, on_policy, run_rounds
 from train.pipeline.sft import require_model, run_sft, sft_output_dir
-from train.pipeline.summary import print_settings, print_summary
 from train.runtime import tracking
-from train.runtime.distributed import check_offload_memory
 from train.runtime.run_output import keep_log
 from train.runtime.safe_load import enforce_weights_only
-from train.trainer.checkpoint import prune_at_end
+from train.trainer.checkpoint import checkpoints, prune_at_end
 
 
 def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
-    check_config(cfg)  # before anything is written: a failed start leaves earlier runs untouched
+    # Before anything is written: a failed start leaves earlier runs untouched. Checked once per process: the
+    # entry point's check of this config, when it made one; the stages take what it built from there.
+    start_plan(cfg)
     enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank
     if not cfg.dry_run and finished(cfg, run_dir):
         done = read_json(run_dir / "results.json")
         if not isinstance(done, dict):
             raise ConfigError(f"{run_dir} is marked finished but has no results.json: train it again with "
                               "resume.enabled=false")
-        print_summary(done, run_dir)
+        print_summary(done, run_dir, checkpoints(run_dir / "dpo"))
         return done
     print_settings(cfg, run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -94,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
         if cfg.stage in (Stage.all, Stage.eval):
             mark_complete(run_dir)  # last: a rerun of the same command finds the run finished
             prune_at_end(run_dir / "dpo", run_dir / "policy", cfg.checkpoint.keep_at_end)
-    print_summary(results, run_dir)
+    print_summary(results, run_dir, checkpoints(run_dir / "dpo"))
     return results
 
 

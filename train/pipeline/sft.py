@@ -21,18 +21,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from train.console.banners import announce_training
 from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete, memoized_sha256, remove_orphans
 from train.data import PreferenceData
 from train.data.preference import data_identity, hash_memo_dir
 from train.models.adapters import ADAPTER_DIR, merge_adapter, pin_base_model
 from train.models.loading import load_tokenizer
-from train.pipeline.plan import announce_training
+from train.models.tiny import OWNER_MARKER
 from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
-from train.models.tiny import OWNER_MARKER
+from train.pipeline.checks import start_plan
 from train.trainer.builders import build_sft_trainer, release
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
 from train.trainer.throughput import ThroughputCallback
@@ -86,7 +87,8 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     keep_run_id(work, wandb_run)
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
     trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
-                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
+                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))},
+                                plan=start_plan(cfg))
     announce_training("sft", cfg, trainer, len(data.sft))
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     faults.set_stage("sft")  # tests: injected faults name the stage they are for

@@ -16,15 +16,12 @@ import socket
 from datetime import timedelta
 from typing import Any
 
-import psutil
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
 
 from train import seams
-from train.core.errors import ConfigError
 from train.core.ranks import world_size
-from train.models.loading import count_parameters_from_config
 
 
 def needs_cpu_gloo_workaround() -> bool:
@@ -97,24 +94,3 @@ def any_rank_flagged(flag: bool) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
-
-
-# Host bytes per parameter with ZeRO-3 offload: fp32 weights (4) + fp32 gradients (4) + Adam's two
-# moments (8). A lower bound: pinned buffers and activations come on top.
-OFFLOAD_BYTES_PER_PARAM = 16
-
-
-def check_offload_memory(ds_config: dict | None, model_path: str, trust_remote_code: bool, num_machines: int) -> None:
-    """Refuse CPU offload that cannot fit in this machine's memory, before any process trains."""
-    zero = (ds_config or {}).get("zero_optimization", {})
-    offloaded = any((zero.get(k) or {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
-    if not offloaded:
-        return
-    params = count_parameters_from_config(model_path, trust_remote_code)
-    needed = params * OFFLOAD_BYTES_PER_PARAM / max(num_machines, 1)
-    available = psutil.virtual_memory().available
-    if needed > available:
-        raise ConfigError(
-            f"deepspeed=zero3_offload needs ~{needed / 2**30:.1f} GiB of host memory per machine for {params / 1e9:.2f}B "
-            f"parameters but {available / 2**30:.1f} GiB is available: use deepspeed=zero3, more nodes, or a smaller model"
-        )

@@ -17,9 +17,12 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
+
+from train.core.files import read_json
 
 MULTI_NODE_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "accelerate" / "multi_node.yaml"
 
@@ -64,3 +67,21 @@ def run_on_this_node(env, overrides: list[str], run_dir: Path, nproc_per_node: i
     code = subprocess.call(cmd)
     if code != 0:
         raise SystemExit(f"error: accelerate launch on node {env.node} exited with {code}")
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    results: dict | None  # the run's results.json as this node's processes left it (None: none written)
+
+
+def hand_over_to_node(overrides: list[str], run_dir: Path, nproc_per_node: int) -> HandedOver | None:
+    """In a submitit task of a multi-node or multi-process job: start this node's processes, which re-enter
+    `python -m train`, and wait for them. None when this process runs the job itself."""
+    env = submitit_job_environment()
+    if env is None or env.num_nodes * nproc_per_node <= 1:
+        return None
+    run_on_this_node(env, overrides, run_dir, nproc_per_node)
+    results = read_json(run_dir / "results.json")
+    if env.global_rank == 0 and results is not None:
+        print(f"results: {run_dir / 'results.json'}", flush=True)
+    return HandedOver(results)

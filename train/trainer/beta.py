@@ -61,9 +61,11 @@ def adaptive(beta: DictConfig, seed: int) -> AdaptiveBeta | None:
 
 
 def schedule(beta: DictConfig) -> BetaSchedule | None:
-    """The step schedule (None for beta=adaptive: TRL starts from args.beta = beta.value, then each batch sets it)."""
-    check(beta)
-    return None if beta.schedule == ADAPTIVE else BetaSchedule.from_config(beta)
+    """The step schedule of a beta group that `check` accepted (None for beta=adaptive: TRL starts from args.beta =
+    beta.value, then each batch sets it). The start check builds it once; the trainers take it from there."""
+    if beta.schedule == ADAPTIVE:
+        return None
+    return BetaSchedule(beta.schedule, beta.value, beta.final, beta.warmup_steps)
 
 
 def check(beta: DictConfig, dpo_args: DictConfig | None = None) -> None:

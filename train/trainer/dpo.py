@@ -32,16 +32,20 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
         adaptive_beta        beta=adaptive: beta set per batch from its margins (beta-DPO); None: off
         max_bad_steps        consecutive NaN/inf-loss steps skipped before TrainingAborted
         reference_cache_dir  where precomputed reference log-probs are kept for a whole sweep; None: TRL's own
-        batching             dpo.batching: the micro-batch layout asked for (auto, padded, packed, prefix_shared);
-                             `batch_layout` is the one in use once the model is loaded (train/trainer/logps.py)
+        batching             dpo.batching: the micro-batch layout asked for (auto, padded, packed, prefix_shared), no
+                             default here: the config's is the one (conf/dpo/default.yaml); `batch_layout` is the one in
+                             use once the model is loaded (train/trainer/logps.py)
+        resolved_layout      what the start check resolved `batching` to (train/trainer/layouts.py check); None:
+                             resolved on the loaded model
     """
 
     def __init__(self, *args, beta_schedule: BetaSchedule | None = None, adaptive_beta: AdaptiveBeta | None = None,
-                 max_bad_steps: int = 3, reference_cache_dir: Path | None = None, batching: Batching = Batching.padded, **kwargs):
+                 max_bad_steps: int = 3, reference_cache_dir: Path | None = None, batching: Batching,
+                 resolved_layout: tuple[str, str | None] | None = None, **kwargs):
         # Set before DPOTrainer.__init__: it runs the reference pass (reference_pass below) itself.
         self.beta_schedule, self.max_bad_steps, self.reference_cache_dir = beta_schedule, max_bad_steps, reference_cache_dir
         self.bad_steps_total, self.bad_steps_in_a_row = 0, 0
-        self.batching, self.batch_layout = batching, None
+        self.batching, self.resolved_layout, self.batch_layout = batching, resolved_layout, None
         super().__init__(*args, **kwargs)
         self.install_layout()
         # The reference log-probs of the train and eval sets are in place by now: TRL's inference engine for the
@@ -64,7 +68,7 @@ class ProjectDPOTrainer(seams.ReferencePassHook, DPOTrainer):
     # added its head, which is before its reference pass inside DPOTrainer.__init__, hence the call from both.
     def install_layout(self) -> None:
         if self.batch_layout is None:
-            self.batch_layout = logps.install(self, self.batching)
+            self.batch_layout = logps.install(self, self.batching, self.resolved_layout)
 
     # Beta schedules: TRL reads `self.beta` in the loss at every step, so setting it before each step is
     # all a schedule needs. A NaN/inf loss must not reach the weights: its backward is skipped, which leaves

@@ -28,6 +28,9 @@ from train.core.errors import ConfigError
 from train.config.choices import Batching
 
 LAYOUTS = (Batching.padded, Batching.packed, Batching.prefix_shared)  # dpo.batching=, besides `auto`
+# TRL's own batch (chosen rows, then rejected rows, padded): what its DPOTrainer runs. dpo.batching's default is
+# the config's (conf/dpo/default.yaml).
+TRL_LAYOUT = Batching.padded
 AUTO = Batching.auto
 DPO_DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's max_length when dpo.args does not set one (TRL 1.16)
 # Architectures whose forward is checked exact with a 4D mask and explicit position ids (tests/test_layouts.py).
@@ -109,14 +112,18 @@ def local_model_type(name_or_path: str, revision: str | None, trust_remote_code:
     return layout_model_type(config, max_length)
 
 
-def check(cfg: DictConfig) -> None:
-    """At start: an unknown dpo.batching, or an explicit layout this model or attention cannot run, in one line."""
+def check(cfg: DictConfig) -> tuple[str, str | None] | None:
+    """At start: an unknown dpo.batching, or an explicit layout this model or attention cannot run, in one line.
+    Returns resolve's answer when the model's type is known now (a local model, the embedded one): the trainer
+    uses it, its policy being this model trained further (same type, window and attention); None when the model
+    is not on this disk yet: the trainer decides on the loaded model."""
     model = cfg.model
     # The embedded tiny model is a Llama (train/models/tiny.py) and is built only later.
     model_type = LlamaConfig.model_type if model.tiny is not None else \
         local_model_type(model.name_or_path, model.revision, model.trust_remote_code,
                          cfg.dpo.args.get("max_length", DPO_DEFAULT_MAX_LENGTH))
-    resolve(cfg.dpo.batching, model_type or SUPPORTED_MODEL_TYPES[0], model.attn_implementation)
+    resolved = resolve(cfg.dpo.batching, model_type or SUPPORTED_MODEL_TYPES[0], model.attn_implementation)
+    return resolved if model_type is not None else None
 
 
 @dataclass

@@ -104,13 +104,14 @@ def set_layout(model, layout_name: str) -> None:
     model.forward.__func__.dpo_layout = layout_name
 
 
-def install(trainer, requested: str) -> str:
+def install(trainer, requested: str, resolved: tuple[str, str | None] | None = None) -> str:
     """The layout for `dpo.batching=requested` on the trainer's loaded model, wrapped around the policy's fused head
     (under PEFT the base model's) and a separate reference model's; returns the layout in use. Called after TRL's
-    add_fused_lm_head and before its reference pass. `auto` that cannot run prints one line and stays padded."""
+    add_fused_lm_head and before its reference pass. `auto` that cannot run prints one line and stays padded.
+    `resolved`: what the start check resolved for this model (layouts.check); None: resolved here."""
     policy = trainer.model.get_base_model() if is_peft_model(trainer.model) else trainer.model
-    layout, fallback = layouts.resolve(requested, layouts.layout_model_type(policy.config, trainer.args.max_length),
-                                       seams.attn_implementation(policy.config))
+    layout, fallback = resolved or layouts.resolve(
+        requested, layouts.layout_model_type(policy.config, trainer.args.max_length), seams.attn_implementation(policy.config))
     if fallback and trainer.accelerator.is_main_process:
         print(fallback, flush=True)
     if layout == Batching.padded:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from train.config.choices import BetaSchedule  # noqa: E402
-from train.pipeline.recommend import (  # noqa: E402
+from train.sweep.recommend import (  # noqa: E402
     JUDGE_REWARD, LABELS, Point, Recommendation, beta_rule, pareto_front, value_at)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 from typing import Optional
 
-from train.models.memory_candidates import Candidate, lora_note
-from train.models.memory_plan import GIB
+from train.memory.candidates import Candidate, lora_note
+from train.memory.estimate import GIB
 
 COLUMNS = ("params", "grads", "optimizer", "reference", "activations", "logits", "buffers", "total")
 HEADER = (f"{'':5} {'deepspeed':13} {'reference':11} {'ckpt':4} {'mbxga':7} " + " ".join(f"{k[:7]:>7}" for k in COLUMNS)

@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 from train.core.errors import ConfigError
 from train.core.memory import host_memory_gb
 from train.core.ranks import world_size
-from train.models.architecture import from_model_config
-from train.models.memory_candidates import candidates, eval_memory, evaluate, recommend, setting_from_config
-from train.models.memory_plan import GIB
+from train.memory.architecture import from_model_config
+from train.memory.candidates import candidates, eval_memory, evaluate, recommend, setting_from_config
+from train.memory.estimate import GIB
 
 
 def check_memory_plan(cfg: DictConfig) -> None:

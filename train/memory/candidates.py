@@ -14,7 +14,7 @@ accumulation raised to keep the global batch). For each of the first three, the 
   - each halving of micro-batch x1.1: smaller matmuls, more steps.
 LoRA trains adapters, not the model: it is recommended only when no full fine-tuning fits.
 A candidate fits when its per-GPU total is within the GPU's memory and, for zero3_offload, the offloaded states
-(memory_plan.host_bytes_per_node) are within each node's host memory.
+(estimate.host_bytes_per_node) are within each node's host memory.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import itertools
 from omegaconf import DictConfig
 
 from train.config.choices import Reference, ZeroOption
-from train.models.architecture import Architecture, from_model_config
-from train.models.memory_plan import (GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes,
+from train.memory.architecture import Architecture, from_model_config
+from train.memory.estimate import (GIB, ZERO_OPTIONS, ZERO_STAGE, Breakdown, Setting, eval_bytes,
                                       host_bytes_per_node, plan)
 
 REFERENCES = (Reference.precomputed, Reference.model, Reference.lora)  # in the plan's order

@@ -6,7 +6,7 @@ Parts (each a function below, all in bytes per GPU):
                             `*_all_cold` wrappers print); without DeepSpeed, what torch's AdamW holds.
   reference                 the frozen reference copy (dpo.reference=model), sharded like the policy under ZeRO-3.
   activations               what autograd saves for the backward, per decoder layer and token, counted tensor
-                            by tensor on the traced step (train/models/memory_trace.py); a DPO step runs chosen
+                            by tensor on the traced step (tests/helpers/memory_trace.py); a DPO step runs chosen
                             and rejected as one batch of 2 x micro-batch sequences of max_length (TRL's
                             _compute_loss concatenates them).
   logits                    TRL 1.16 never builds the [tokens, vocab] logits: its fused LM head
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-from train.models.architecture import Architecture
 from train.config.choices import Reference, ZeroOption
+from train.memory.architecture import Architecture
 
 GIB = 2**30
 ZERO_OPTIONS = tuple(ZeroOption)  # the deepspeed group's options

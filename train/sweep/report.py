@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from train.core.trees import flatten as flatten_tree
-from train.pipeline.recommend import (LABELS, TIE_RULE, Point, Recommendation, ranking_metric, recommend, scored,
+from train.sweep.recommend import (LABELS, TIE_RULE, Point, Recommendation, ranking_metric, recommend, scored,
                                       value_at)
-from train.pipeline.sweep_plots import plot_margins, plot_reward_vs_kl
+from train.sweep.plots import plot_margins, plot_reward_vs_kl
 
 TABLE = [  # (column, results.json path)
     ("beta", "beta"),

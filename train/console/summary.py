@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.compose import CONFIG_DIR
+from train.console.banners import count, deepspeed_text
 from train.core.ranks import is_main_process, num_machines, world_size
-from train.pipeline.plan import count, deepspeed_text
-from train.trainer.checkpoint import checkpoints
 
 NA = "n/a"  # a value results.json holds as null (no judge on real data, W&B off) or lacks (a stage not run)
 
@@ -62,9 +61,10 @@ def number(value: Any, spec: str = ".3f") -> str:
     return f"{value:{spec}}" if isinstance(value, numbers.Number) and not isinstance(value, bool) else NA
 
 
-def summary_lines(results: dict, run_dir: Path) -> list[str]:
+def summary_lines(results: dict, run_dir: Path, kept: Sequence[Path] = ()) -> list[str]:
     """The end of a run at a glance, from results.json's content: how the policy did, how long each stage took,
-    where everything is. Absent or null fields show as n/a."""
+    where everything is. Absent or null fields show as n/a. `kept`: the DPO checkpoints left in the run directory
+    (the caller lists them: the console sits below the trainer layer that knows their names)."""
     dpo, sft = results.get("dpo") or {}, results.get("sft") or {}
     held_out, runtime = dpo.get("held_out") or {}, results.get("runtime_s") or {}
     wandb = results.get("wandb") or {}
@@ -91,7 +91,7 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
         f"  results.json      {run_dir / 'results.json'}",
         f"  eval samples      {existing(samples_dir(results, run_dir) / 'eval_samples.jsonl')}",
         f"  W&B               {wandb_text(wandb)}",
-        f"  on disk           {disk_text(run_dir)}",
+        f"  on disk           {disk_text(run_dir, kept)}",
     ]
 
 
@@ -123,10 +123,9 @@ def existing(path: Path) -> str:
     return str(path) if path.exists() else NA
 
 
-def disk_text(run_dir: Path) -> str:
+def disk_text(run_dir: Path, kept: Sequence[Path]) -> str:
     """What the run directory holds and its size: the policy, and the DPO checkpoints checkpoint.keep_at_end kept
     (each a full model with optimizer state, the bulk of a finished run's disk)."""
-    kept = checkpoints(run_dir / "dpo")
     names = f"{', '.join(p.name for p in kept)} ({megabytes(sum(map(disk_usage, kept)))}, with optimizer state)" \
         if kept else "none"
     prune = "; checkpoint.keep_at_end=none keeps only the policy" if kept else ""
@@ -155,6 +154,6 @@ def print_settings(cfg: DictConfig, run_dir: Path) -> None:
         print("\n".join(settings_lines(cfg, run_dir, world_size(), num_machines())), flush=True)
 
 
-def print_summary(results: Optional[dict], run_dir: Path) -> None:
+def print_summary(results: Optional[dict], run_dir: Path, kept: Sequence[Path]) -> None:
     if is_main_process() and results:
-        print("\n".join(summary_lines(results, run_dir)), flush=True)
+        print("\n".join(summary_lines(results, run_dir, kept)), flush=True)

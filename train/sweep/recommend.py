@@ -4,7 +4,7 @@ Pure functions over the report's rows ({"run", "status", "results": results.json
 runs them on toy rows. A sweep is ranked by the judge's mean reward of policy samples when its runs have
 one, else by the held-out implicit-reward accuracy every finished DPO run has: both compare across betas,
 while rewards/margins do not (reward = beta x log-ratio, so margins grow with beta by construction).
-Each score carries its 95% interval (train/pipeline/uncertainty.py); runs the intervals cannot separate from the
+Each score carries its 95% interval (train/sweep/uncertainty.py); runs the intervals cannot separate from the
 best are reported as tied, and the tied run closest to the reference is recommended (TIE_RULE).
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from train.config.choices import BetaSchedule
 from train.core.errors import ConfigError
-from train.pipeline.uncertainty import (CONFIDENCE, RESAMPLES, SEED, Interval, accuracy_interval,
+from train.sweep.uncertainty import (CONFIDENCE, RESAMPLES, SEED, Interval, accuracy_interval,
                                         judge_interval)
 
 JUDGE_REWARD = "dpo.judge_reward"

@@ -1,4 +1,4 @@
-"""One DPO training step traced on fake tensors: the check on the analytic plan (memory_plan.py).
+"""One DPO training step traced on fake tensors: the check on the analytic plan (train/memory/estimate.py).
 
 The model is built from its architecture numbers under torch's FakeTensorMode (shapes and dtypes, no
 storage: an 8B model costs no memory), given TRL's own fused LM head (trl.trainer.utils.add_fused_lm_head,
@@ -17,14 +17,31 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
-from train import seams
 from train.core.errors import ConfigError
-from train.models.architecture import Architecture, transformers_config
-from train.models.memory_plan import Setting
+from train.memory.architecture import Architecture, transformers_config
+from train.memory.estimate import Setting
 from train.config.choices import Reference, ZeroOption
+
+# torch exports neither class publicly (checked in torch 2.13; tests/test_seams.py keeps a canary).
+# FakeTensorMode gives tensors shapes and dtypes but no storage (an 8B step traced with no memory);
+# MemTracker attributes the live tensors at a step's peak to parameters, gradients, optimizer states and
+# activations.
+
+
+def fake_tensor_mode():
+    """A fresh `torch._subclasses.fake_tensor.FakeTensorMode` (use as a context manager)."""
+    return FakeTensorMode()
+
+
+def memory_tracker():
+    """A fresh `torch.distributed._tools.mem_tracker.MemTracker` (use as a context manager; `.get_tracker_snapshot()`)."""
+    return MemTracker()
+
 
 # What DPOTrainer asks of its fused head (trl/trainer/dpo_trainer.py, use_weighting off).
 DPO_HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -46,7 +63,7 @@ def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedS
                                              "num_attention_heads", "num_key_value_heads", "vocab_size",
                                              "tie_word_embeddings")}
     config = transformers_config(numbers)
-    with seams.fake_tensor_mode():
+    with fake_tensor_mode():
         policy = build(config, s)
         # The reference keeps requires_grad (MemTracker hooks every parameter's gradient) but runs under no_grad.
         reference = build(config, s) if s.reference == Reference.model else None
@@ -67,7 +84,7 @@ def trace_dpo_step(arch: Architecture, s: Setting, beta: float = 0.1) -> TracedS
             optimizer.step()
 
         step()
-        tracker = seams.memory_tracker()
+        tracker = memory_tracker()
         tracker.track_external(policy, optimizer, *[m for m in (reference,) if m is not None])
         with tracker:
             states = current_total(tracker)

@@ -1,0 +1,1 @@
+"""Console output: stage banners, the settings and summary blocks, progress lines, quieter libraries."""

@@ -1,0 +1,1 @@
+"""The sweep report: a multirun's results, the recommended beta with its uncertainty, the plots."""
