@@ -13,10 +13,13 @@ from train.core.cli import fail
 from train.core.errors import ConfigError
 from train.runtime.launcher import launcher_problem, settings_from_config_file
 
-try:
-    import torch
-except ImportError:  # before `make setup` has installed it: count no GPUs
-    torch = None
+
+def gpu_count() -> int:
+    try:
+        import torch  # deferred: seconds to import, and a count that is not a number needs none
+    except ImportError:  # before `make setup` has installed it: count no GPUs
+        return 0
+    return torch.cuda.device_count()
 
 
 def main() -> None:
@@ -24,9 +27,9 @@ def main() -> None:
     if not given.strip().isdigit():
         fail(f"NPROC={given}: give a whole number of processes, e.g. make train NPROC=2")
     nproc = int(given)
-    gpus = torch.cuda.device_count() if torch is not None else 0
     if nproc < 1:
         fail(f"NPROC={nproc}: must be >= 1")
+    gpus = gpu_count()
     if gpus and nproc > gpus:
         fail(f"NPROC={nproc} but this machine has {gpus} GPUs: use NPROC<={gpus} (or more nodes: make submit)")
     cores = len(os.sched_getaffinity(0))

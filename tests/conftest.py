@@ -19,3 +19,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         server = next((name for name in ("slurm", "annotate") if item.get_closest_marker(name)), None)
         item.add_marker(pytest.mark.xdist_group(server or item.nodeid.split("::")[0]))
+
+
+@pytest.fixture(scope="session")
+def slurm_output_root(tmp_path_factory) -> Path:
+    """One output root for the SLURM sweep, search and multi-node tests (each under its own experiment name):
+    their SFT settings are the same, so the first SFT job trains it and the others' SFT jobs reuse it."""
+    return tmp_path_factory.mktemp("slurm_outputs")

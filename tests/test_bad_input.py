@@ -45,10 +45,13 @@ def test_a_model_directory_without_its_tokenizer_is_named(tiny_dir, tmp_path):
 @pytest.mark.slow
 def test_deepspeed_on_one_process_without_a_launcher_runs(tmp_path):
     """ZeRO on one process (ZeRO-Offload on one GPU) needs a process group: the run makes a 1-process one."""
-    proc = run_train("debug=fast", "sft.enabled=false", "eval.enabled=false", "deepspeed=zero2",
-                     "+dpo.args.max_steps=2", output_root=tmp_path, env={"WORLD_SIZE": None, "RANK": None})
+    extensions = tmp_path / "torch_extensions"  # where DeepSpeed would JIT-compile its ops
+    proc = run_train("debug=fast", "sft.enabled=false", "eval.enabled=false", "deepspeed=zero2", "data.synthetic.num_pairs=64",
+                     "+dpo.args.max_steps=2", output_root=tmp_path,
+                     env={"WORLD_SIZE": None, "RANK": None, "TORCH_EXTENSIONS_DIR": str(extensions)})
     results = read_results(proc)
     assert (results["distributed"]["zero_stage"], results["distributed"]["world_size"], results["dpo"]["steps"]) == (2, 1, 2)
+    assert not list(extensions.rglob("*.so")), "DeepSpeed compiled an op on CPU (its shm comm op serves inference only)"
 
 
 @pytest.mark.parametrize("nproc,message", [("abc", "NPROC=abc: give a whole number"), ("0", "NPROC=0: must be >= 1"),

@@ -10,6 +10,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from helpers.runs import refused_at_start
 from train.config.compose import CONFIG_DIR, compose
 from train.config.choices import Stage
 from train.config.trainer_args import trl_config
@@ -150,10 +151,7 @@ def test_config_errors_name_the_key(overrides, message):
     ],
 )
 def test_command_line_errors_are_one_line_without_traceback(args, expected, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "train", f"output_root={tmp_path}", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+    proc = refused_at_start(f"output_root={tmp_path}", *args)
     assert proc.returncode != 0
     err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err_lines) == 1 and expected in err_lines[0], proc.stderr

@@ -1,18 +1,13 @@
 """Refused at start, in one line, with nothing written: unknown keys in our own groups (with or
 without `+`), mistyped trainer values, and multirun sweeps (every combination, secrets before Hydra writes)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers.runs import refused_at_start
 from train.config.compose import compose, sweep_combinations
 from train.config.typecheck import coerce
 from train.core.errors import ConfigError
 from train.pipeline.checks import check_config
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -63,8 +58,7 @@ def test_sweep_combinations_expand_every_value():
     (["dpo.args.learning_rate=abc"], "error: dpo.args.learning_rate='abc': DPOConfig expects a number"),
 ])
 def test_refusals_are_one_line_exit_2_and_write_nothing(args, expected, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "train", f"output_root={tmp_path}", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = refused_at_start(f"output_root={tmp_path}", *args)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers.runs import REPO
+from helpers.runs import REPO, refused_at_start
 from train.config.compose import compose, compose_overrides, sweep_combinations
 from train.config.validate import validate
 from train.core.errors import ConfigError
@@ -95,7 +95,7 @@ def train_command(*args: str) -> subprocess.CompletedProcess:
                                    "dpo.args.learning_rate?"),
 ])
 def test_the_command_prints_one_error_line(override, message, tmp_path):
-    proc = train_command(f"output_root={tmp_path}", override)
+    proc = refused_at_start(f"output_root={tmp_path}", override)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and errors == [message], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout

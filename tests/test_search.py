@@ -55,13 +55,13 @@ def test_search_shares_sft_and_the_reference_pass_and_recommends_a_beta(tmp_path
 
 
 @pytest.mark.slurm
-def test_search_on_slurm_trains_sft_first_then_batches_of_trial_jobs(slurm_cluster, tmp_path):
+def test_search_on_slurm_trains_sft_first_then_batches_of_trial_jobs(slurm_cluster, slurm_output_root):
     env = {**os.environ, "WANDB_MODE": "offline"}
-    command = ["make", "--no-print-directory", "search-slurm", "TRIALS=2",
-               f"ARGS=debug=fast eval.enabled=false output_root={tmp_path}"]
+    command = ["make", "--no-print-directory", "search-slurm", "TRIALS=2", "ARGS=debug=fast eval.enabled=false "
+               f"wandb.mode=disabled experiment=slurm_search output_root={slurm_output_root}"]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"make search-slurm failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    sweep_dir = tmp_path / "sweeps" / "default"
+    sweep_dir = slurm_output_root / "sweeps" / "slurm_search"
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
     assert len(results) == 2 and all(r["sft"]["reused"] for r in results)  # the SFT job ran first, alone
     assert len(list((sweep_dir / ".sft").glob(".submitit/*/*_result.pkl"))) == 1

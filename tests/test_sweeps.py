@@ -21,8 +21,9 @@ def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return proc
 
 
-def check_sweep(proc: subprocess.CompletedProcess, output_root: Path, betas: list[float]) -> list[dict]:
-    sweep_dir = output_root / "sweeps" / "default"
+def check_sweep(proc: subprocess.CompletedProcess, output_root: Path, betas: list[float],
+                experiment: str = "default") -> list[dict]:
+    sweep_dir = output_root / "sweeps" / experiment
     assert f"report: {sweep_dir}" in proc.stdout
     for name in ("summary.csv", "report.md", "reward_vs_kl.png", "margins.png"):
         assert (sweep_dir / name).stat().st_size > 0, name
@@ -44,7 +45,7 @@ def check_sweep(proc: subprocess.CompletedProcess, output_root: Path, betas: lis
 
 @pytest.mark.slow
 def test_local_sweep_trains_sft_once_and_reports(tmp_path):
-    proc = make("sweep", "BETAS=0.1,0.5", f"ARGS=debug=fast eval.enabled=false output_root={tmp_path}")
+    proc = make("sweep", "BETAS=0.1,0.5", f"ARGS=debug=fast eval.enabled=false wandb.mode=disabled output_root={tmp_path}")
     results = check_sweep(proc, tmp_path, [0.1, 0.5])
     assert sorted(r["sft"]["reused"] for r in results) == [False, True]
     assert proc.stdout.count("sft: reusing") == 1
@@ -68,8 +69,9 @@ def test_report_lists_failed_runs(tmp_path):
 
 
 @pytest.mark.slurm
-def test_two_node_job_on_slurm(slurm_cluster, tmp_path):
-    proc = make("submit", "NODES=2", "WAIT=1", f"ARGS=debug=fast deepspeed=zero3 eval.enabled=false output_root={tmp_path}")
+def test_two_node_job_on_slurm(slurm_cluster, slurm_output_root):
+    proc = make("submit", "NODES=2", "WAIT=1", "ARGS=debug=fast deepspeed=zero3 eval.enabled=false wandb.mode=disabled "
+                f"experiment=two_nodes output_root={slurm_output_root}")
     assert "job: " in proc.stdout
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("results: ")]
     results = json.loads(Path(line.removeprefix("results: ")).read_text())
@@ -79,9 +81,10 @@ def test_two_node_job_on_slurm(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slurm
-def test_slurm_sweep_trains_sft_once_and_reports(slurm_cluster, tmp_path):
-    proc = make("sweep-slurm", "BETAS=0.1,0.5", f"ARGS=debug=fast eval.enabled=false output_root={tmp_path}")
-    results = check_sweep(proc, tmp_path, [0.1, 0.5])
+def test_slurm_sweep_trains_sft_once_and_reports(slurm_cluster, slurm_output_root):
+    proc = make("sweep-slurm", "BETAS=0.1,0.5", "ARGS=debug=fast eval.enabled=false wandb.mode=disabled "
+                f"experiment=slurm_sweep output_root={slurm_output_root}")
+    results = check_sweep(proc, slurm_output_root, [0.1, 0.5], experiment="slurm_sweep")
     assert all(r["sft"]["reused"] for r in results)  # the SFT job ran first; every beta job reused it
-    sft_job = tmp_path / "sweeps" / "default" / ".sft"
+    sft_job = slurm_output_root / "sweeps" / "slurm_sweep" / ".sft"
     assert len(list(sft_job.glob(".submitit/*/*_result.pkl"))) == 1  # exactly one SFT job

@@ -101,6 +101,16 @@ def reset_accelerate_state() -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def skip_deepspeed_shm_comm_build() -> None:
+    """DeepSpeed's comm backend JIT-compiles its shared-memory all-reduce op (C++) whenever it starts on CPU: two
+    compiler processes for ~40 s on the first ZeRO run of a machine, and again for each venv path. The op serves
+    only `inference_all_reduce` (DeepSpeed inference); training's collectives go through the gloo group. Marked
+    incompatible, `deepspeed.comm.torch.build_shm_op` returns None and nothing is compiled."""
+    import deepspeed.ops  # deferred: seconds to import
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 # --- Hydra -----------------------------------------------------------------------------------------
 
 

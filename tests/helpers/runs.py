@@ -2,6 +2,7 @@
 shared by several test files. Imported as `from helpers.runs import ...` (tests/ is on sys.path under pytest)."""
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -38,6 +39,28 @@ def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: i
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def refused_at_start(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m train <argv>` for a command the start check refuses, run in this process: the same main(),
+    precheck and error line, without a new interpreter importing torch and TRL (seconds per test). Hydra is
+    never started: a command that gets past the start check fails the test instead of training here."""
+    from train import main as entry  # deferred: the pipeline's imports load only for the tests that use them
+
+    def not_refused():
+        raise AssertionError(f"not refused at start: python -m train {' '.join(argv)}")
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_hydra_main = sys.argv, entry.hydra_main
+    sys.argv, entry.hydra_main = ["train", *argv], not_refused
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            entry.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv, entry.hydra_main = saved_argv, saved_hydra_main
+    return subprocess.CompletedProcess(["python", "-m", "train", *argv], code, out.getvalue(), err.getvalue())
 
 
 def results_path(proc: subprocess.CompletedProcess) -> Path:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from train import seams
 from train.config.choices import BetaSchedule, Reference, Stage
 from train.config.trainer_args import STAGE_CONFIGS, StageArgs
 from train.config.typecheck import check_known_keys
@@ -49,7 +50,9 @@ def validate(cfg: DictConfig) -> dict[str, StageArgs]:
     if cfg.eval.enabled and cfg.eval.num_prompts <= 0:
         raise ConfigError(f"eval.num_prompts={cfg.eval.num_prompts}: must be > 0, or set eval.enabled=false")
     check_data_fractions(cfg.data)
-    # The trainers' real configs, DeepSpeed dict included: what TRL and transformers refuse, refused now.
+    # The trainers' real configs, DeepSpeed dict included: what TRL and transformers refuse, refused now. The first
+    # of them starts DeepSpeed's comm backend, which would compile an op that training never uses.
+    seams.skip_deepspeed_shm_comm_build()
     with single_process_view():
         checked = {stage: StageArgs.checked(cfg, stage) for stage in STAGE_CONFIGS}
     for stage, args in checked.items():
