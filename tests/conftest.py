@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.slurm_fixture import slurm_cluster  # noqa: F401  (the fixture, for every test that asks for it)
+
 
 @pytest.fixture(scope="session")
 def shared_output_root(tmp_path_factory) -> Path:

@@ -1,7 +1,6 @@
 """Session fixture for tests that need the real local 2-node SLURM cluster (n1, n2).
 
-Import it where it is needed (conftest.py or a test module):
-    from helpers.slurm_fixture import slurm_cluster
+tests/conftest.py imports it, so any test can ask for `slurm_cluster`.
 `cluster.sh up` is idempotent and takes well under a second when the cluster is already up;
 the cluster is left running at the end so later tests (and people) can keep using it.
 """

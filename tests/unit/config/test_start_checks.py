@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers.runs import process_state_restored, run_train
-from test_inprocess import TINY
+from helpers.sizes import TINY
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import load_preference_data

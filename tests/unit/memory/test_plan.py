@@ -5,7 +5,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -252,7 +251,7 @@ def assert_prints(capsys, argv: list[str], *lines: str) -> str:
 
 
 def test_cpu_offload_needs_host_memory_per_node_and_is_refused_where_the_host_cannot_hold_it(capsys):
-    from train.memory.estimate import GIB, host_bytes_per_node
+    from train.memory.estimate import host_bytes_per_node
 
     arch = arch_of("llama3_8b")
     for nodes in (1, 2):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import wandb_file
 from helpers.runs import read_results, results_path, run_train
+from helpers.reward_model import fit_reward_model, scored_texts
 from helpers.sampling import sample_prompts
 from train.config.compose import compose
 from train.core.errors import ConfigError
@@ -32,37 +33,6 @@ JUDGE_FIELDS = ("judge_reward", "reference_judge_reward", "win_rate_vs_reference
 # 8 train pairs, 3 test pairs; two DPO steps without warmup, so the policy moves away from its reference.
 HH = ("data=hh_rlhf", "data.source=tests/fixtures/hh_rlhf", "data.max_drop_fraction=0.5", "debug=fast",
       "dpo.args.per_device_train_batch_size=4", "dpo.args.warmup_steps=0")
-
-
-def scored_texts(n: int, seed: str) -> tuple[list, list[str], list[float]]:
-    """Chat prompts, review-like responses of every length and leaning, and their lexicon scores."""
-    rng = random.Random(seed)
-    prompts = [[{"role": "user", "content": synthetic.make_prompt(rng)}] for _ in range(n)]
-    responses = [synthetic.make_response(rng, 1, 16) for _ in range(n)]
-    return prompts, responses, [synthetic.judge(r) for r in responses]
-
-
-def fit_reward_model(directory: Path, steps: int = 80, batch_size: int = 32) -> Path:
-    tokenizer = build_tokenizer(synthetic.corpus(0), 1024)  # the tiny model's tokenizer (train/models/tiny.py)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    judge = judges.RewardModelJudge(model, tokenizer, batch_size, max_length=256)
-    prompts, responses, scores = scored_texts(steps * batch_size, "fit")
-    texts = [judge.render(p, r) for p, r in zip(prompts, responses)]  # exactly what the judge will score
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        loss = torch.nn.functional.mse_loss(model(**batch).logits[:, 0], torch.tensor(scores[start : start + batch_size]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

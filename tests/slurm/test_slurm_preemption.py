@@ -19,7 +19,7 @@ import pytest
 
 from helpers.runs import REPO, read_results, run_train
 
-from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import dpo_steps_logged
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=256", "+dpo.args.max_steps=8",
@@ -131,7 +131,6 @@ def test_sigterm_to_every_process_of_a_slurm_job_requeues_and_resumes(slurm_clus
     assert results["dpo"]["resumed_from"].endswith(f"checkpoint-{stop['step']}") and 4 <= stop["step"] < steps
     assert results["dpo"]["steps"] == steps
     assert wandb_run_ids(run_dir) == {results["wandb"]["run_id"]}  # one W&B run, continued after the requeue
-
 
 
 def _job_state(job_id: str) -> tuple:

@@ -10,8 +10,6 @@ import pytest
 
 from helpers.runs import REPO
 
-from helpers.slurm_fixture import slurm_cluster  # noqa: F401
-
 
 def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_judges import fit_reward_model, scored_texts
+from helpers.reward_model import fit_reward_model, scored_texts
 from train.config.compose import compose
 from train.config.choices import LabelerKind
 from train.config.schema import RankingSpec

@@ -10,7 +10,7 @@ from train.config import choices
 from train.config.compose import compose
 from train.core.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENUMS = [c for c in vars(choices).values() if isinstance(c, type) and issubclass(c, choices.Choice) and c is not choices.Choice]
 # The config fields holding each choice, as the code names them (cfg.dpo.reference, s.reference, beta.schedule, ...).
 FIELDS = {"stage": choices.Stage, "reference": choices.Reference, "batching": choices.Batching,

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from helpers.runs import process_state_restored
-from test_inprocess import TINY
+from helpers.sizes import TINY
 from train import main as entry
 from train.config import trainer_args
 from train.pipeline import checks

@@ -17,7 +17,7 @@ import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from helpers.runs import process_state_restored
-from test_inprocess import TINY
+from helpers.sizes import TINY
 from transformers import AutoModelForCausalLM
 
 from train.config.compose import compose
@@ -29,7 +29,7 @@ from train.pipeline.checks import check_config
 from train.pipeline.run import run
 from train.pipeline.sft import sft_output_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 ATOL = 1e-5
 TOKENS = torch.arange(3, 40).unsqueeze(0)  # any ids below the tiny vocabulary (300)
 

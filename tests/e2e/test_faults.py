@@ -10,7 +10,7 @@ import pytest
 
 from helpers.runs import REPO, assert_same_run, read_results, run_train
 
-from helpers.slurm_fixture import dpo_steps_logged, slurm_cluster  # noqa: F401
+from helpers.slurm_fixture import dpo_steps_logged
 
 # Short DPO from the base tiny model (no SFT), every step logged, checkpoints every 4 steps.
 SHORT = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=256", "+dpo.args.max_steps=8",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grimp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("train", "launch")
 # Run as `python -m train.<name>` / `python launch/<name>.py`, or named by conf/ (Hydra _target_) and the Makefile.
 ENTRY_POINT = re.compile(r'^if __name__ == "__main__":', re.MULTILINE)

@@ -10,7 +10,6 @@ import pytest
 from helpers.runs import REPO
 from helpers.wandb_file import records
 
-from helpers.slurm_fixture import slurm_cluster  # noqa: F401
 
 TRIALS = 4
 SMALL = "debug=fast data.synthetic.num_sft=256 data.synthetic.num_pairs=256 eval.num_prompts=16"  # 8 steps each

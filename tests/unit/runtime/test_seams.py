@@ -16,7 +16,7 @@ import pytest
 
 from train import seams
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def broken(distribution: str, what: str) -> str:

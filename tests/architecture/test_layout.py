@@ -14,7 +14,7 @@ from pathlib import Path
 import grimp
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("train", "launch")
 MAX_MODULE_LINES = 300
 MAX_ENTRY_POINT_LINES = 120

@@ -12,7 +12,7 @@ from train.core.errors import ConfigError
 from train.data import load_preference_data, prepare
 from train.models.loading import ensure_base_model, load_tokenizer
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CUSTOM_COLUMNS = ["data.columns.prompt=instruction", "data.columns.chosen=better", "data.columns.rejected=worse"]
 # name -> (overrides, train pairs, test pairs, dropped, filtered, fixed): nonzero counts only.
 EXPECTED = {

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 
 from helpers.runs import process_state_restored
-from test_inprocess import TINY
+from helpers.sizes import TINY
 from train.config.compose import compose
 from train.console.banners import eval_banner, training_banner
 from train.console.libraries import filter_harmless_warnings

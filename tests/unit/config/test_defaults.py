@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 from train.config import schema
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 GROUPS = {"model": schema.ModelConfig, "data": schema.DataConfig, "judge": schema.JudgeConfig,
           "labeler": schema.LabelerConfig,
           "beta": schema.BetaConfig, "deepspeed": schema.DeepSpeedConfig, "sft": schema.SFTStageConfig,

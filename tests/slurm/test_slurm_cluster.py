@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from helpers.slurm_fixture import slurm_cluster  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 
