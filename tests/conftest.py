@@ -1,10 +1,18 @@
 """Fixtures shared by the test files; helper functions live in tests/helpers/ (a package, imported by name)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from helpers.slurm_fixture import slurm_cluster  # noqa: F401  (the fixture, for every test that asks for it)
+# One torch thread per process, set before anything imports torch (the subprocesses inherit it): the tests run
+# two xdist workers, each often with two training processes, on a 2-core machine, where the OpenMP threads of
+# oversubscribed processes spin waiting for their turn (a DPO run's CPU time nearly doubles, its losses are
+# the same), and the tiny models gain nothing from a second thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from helpers.slurm_fixture import slurm_cluster  # noqa: E402,F401  (the fixture, for every test that asks for it)
 
 
 @pytest.fixture(scope="session")

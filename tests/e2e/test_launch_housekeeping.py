@@ -139,8 +139,9 @@ def test_prune_at_end_keeps_what_keep_at_end_says(tmp_path):
 
 @pytest.mark.slow
 def test_a_finished_run_keeps_its_log_and_prunes_its_checkpoints(tmp_path):
-    proc = run_train("debug=fast", "eval.enabled=false", "checkpoint.every_steps=4", "name=kept", "checkpoint.keep_at_end=none",
-                     output_root=tmp_path)
+    short = ("debug=fast", "eval.enabled=false", "data.synthetic.num_sft=64", "data.synthetic.num_pairs=256",
+             "+sft.args.max_steps=2", "+dpo.args.max_steps=8", "checkpoint.every_steps=4", "name=kept")
+    proc = run_train(*short, "checkpoint.keep_at_end=none", output_root=tmp_path)
     run_dir = results_path(proc).parent
     log = (run_dir / "run.log").read_text()
     for line in ("== run: stage all", "== sft: training", "== dpo: training", "== summary:", "results: "):
@@ -149,8 +150,7 @@ def test_a_finished_run_keeps_its_log_and_prunes_its_checkpoints(tmp_path):
     assert "checkpoints none (checkpoint.keep_at_end)" in proc.stdout
     assert not list((run_dir / "dpo").glob("checkpoint-*")) and read_results(proc)["dpo"]["steps"] > 4
     # Rerun with training again: the log grows after a separator, the last checkpoint is kept.
-    again = run_train("debug=fast", "eval.enabled=false", "checkpoint.every_steps=4", "name=kept", "resume.enabled=false",
-                      "checkpoint.keep_at_end=last", output_root=tmp_path)
+    again = run_train(*short, "resume.enabled=false", "checkpoint.keep_at_end=last", output_root=tmp_path)
     assert results_path(again).parent == run_dir
     log = (run_dir / "run.log").read_text()
     assert log.count("== run: stage all") == 2 and "===== run started again" in log

@@ -70,7 +70,7 @@ def test_secrets_from_the_environment_never_reach_disk(shared_output_root, tmp_p
     secret = "sk-test-secret-value-123"
     os.environ["WANDB_API_KEY"], os.environ["HF_TOKEN"] = secret, secret
     try:
-        proc = run_train("debug=fast", "beta.value=0.2", "eval.enabled=false", "wandb.mode=offline",
+        proc = run_train("debug=fast", "beta.value=0.2", "eval.enabled=false", "+dpo.args.max_steps=4", "wandb.mode=offline",
                          output_root=shared_output_root)
     finally:
         del os.environ["WANDB_API_KEY"], os.environ["HF_TOKEN"]
@@ -83,9 +83,10 @@ def test_secrets_from_the_environment_never_reach_disk(shared_output_root, tmp_p
 
 def test_stages_run_on_their_own_and_sft_is_shared(shared_output_root, full_run):
     first = read_results(full_run)
-    proc = run_train("debug=fast", "beta.value=0.3", "stage=dpo", output_root=shared_output_root)
+    short = ("debug=fast", "+dpo.args.max_steps=4")  # a few steps: what is checked is which stage ran on what
+    proc = run_train(*short, "beta.value=0.3", "stage=dpo", output_root=shared_output_root)
     assert "sft: reusing" not in proc.stdout  # stage=dpo does not touch SFT at all
-    proc = run_train("debug=fast", "beta.value=0.3", "stage=eval", output_root=shared_output_root)
+    proc = run_train(*short, "beta.value=0.3", "stage=eval", output_root=shared_output_root)
     results = read_results(proc)
     assert results["dpo"]["reference_path"] == first["sft"]["path"]
     assert results["beta"] == 0.3 and isinstance(results["dpo"]["judge_reward"], float)
@@ -93,7 +94,7 @@ def test_stages_run_on_their_own_and_sft_is_shared(shared_output_root, full_run)
     assert len(samples) == 32  # stage=eval sampled and judged the beta=0.3 policy (debug=fast: 32 prompts)
     # A whole run of another beta reuses the SFT model. (Another beta: rerunning beta=0.3, whose stages are
     # all done, only says it is finished.)
-    proc = run_train("debug=fast", "beta.value=0.4", output_root=shared_output_root)
+    proc = run_train(*short, "beta.value=0.4", "eval.enabled=false", output_root=shared_output_root)
     assert "sft: reusing" in proc.stdout
     assert read_results(proc)["sft"]["path"] == first["sft"]["path"]
 
