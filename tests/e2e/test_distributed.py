@@ -75,18 +75,28 @@ def test_ddp_with_lora_reference(output_root, zero3_run):
     assert results["dpo"]["train"]["rewards/accuracies"] > 0.6
 
 
+# 4 steps of 16 pairs from the base model: exactly the 64 pairs the runs read.
+PARITY = (*FAST, "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=64", "+dpo.args.max_steps=4",
+          "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The one-process run both parity tests compare against."""
+    root = tmp_path_factory.mktemp("one_process")
+    return read_results(run_train(*PARITY, "dpo.args.per_device_train_batch_size=16", output_root=root))
+
+
 @pytest.mark.parametrize("deepspeed", ["zero3", "none"])
-def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, deepspeed):
+def test_two_processes_match_one_process_at_the_same_global_batch(one_process, tmp_path, deepspeed):
     """Same seed, same global batch (1 x 16 vs 2 x 8): same data per step, so the same loss and rewards.
     With deepspeed=none this is plain DDP over gloo: it fails if gradients are not all-reduced.
 
     Tolerance: rel 1e-4 / abs 1e-5. fp32 sums over the batch are split across ranks and all-reduced in a
     different order than one process sums them; that reordering moves values at the ~1e-6 level.
     """
-    common = (*FAST, "sft.enabled=false", "eval.enabled=false", "+dpo.args.max_steps=4",
-              "dpo.args.logging_steps=1", "dpo.args.warmup_steps=0")
-    one = read_results(run_train(*common, "dpo.args.per_device_train_batch_size=16", output_root=tmp_path / "one"))
-    two = read_results(run_train(*common, "dpo.args.per_device_train_batch_size=8", f"deepspeed={deepspeed}",
+    one = one_process
+    two = read_results(run_train(*PARITY, "dpo.args.per_device_train_batch_size=8", f"deepspeed={deepspeed}",
                                  output_root=tmp_path / "two", nproc=2))
     keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "grad_norm")
     h1, h2 = one["dpo"]["history"], two["dpo"]["history"]
