@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from helpers import warm
 from train.runtime.distributed import free_port  # noqa: F401  (tests launch processes on a free port too)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +37,10 @@ def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: i
         launcher = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
                     "--num_processes", str(nproc), "--main_process_port", str(free_port()), "-m", "train"]
     cmd = [*launcher, f"output_root={output_root}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if nproc == 1 and warm.enabled():  # the same `python -m train`, forked from a warm interpreter (helpers/warm.py)
+        proc = warm.run(cmd, cmd[3:], REPO, env, timeout, Path(tempfile.gettempdir()) / f"dpo-warm-{os.getpid()}")
+    else:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
