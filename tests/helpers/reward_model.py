@@ -4,7 +4,9 @@ texts after 80 steps)."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -43,4 +45,13 @@ def fit_reward_model(directory: Path, steps: int = 80, batch_size: int = 32) -> 
         optimizer.step()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+def two_label_copy(reward_model: Path, directory: Path) -> Path:
+    """A copy of `reward_model` whose config says 2 labels: a classifier, not a reward model (refused at start)."""
+    shutil.copytree(reward_model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "good"}
+    (directory / "config.json").write_text(json.dumps(config))
     return directory

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import wandb_file
 from helpers.runs import read_results, results_path, run_train
-from helpers.reward_model import fit_reward_model, scored_texts
+from helpers.reward_model import fit_reward_model, scored_texts, two_label_copy
 from helpers.sampling import sample_prompts
 from train.config.compose import compose
 from train.core.errors import ConfigError
@@ -151,11 +151,7 @@ def test_a_reward_model_judge_needs_its_path_before_training():
 
 
 def test_a_reward_model_that_cannot_judge_is_refused_before_training(reward_model, tmp_path):
-    two_labels = tmp_path / "two_labels"
-    shutil.copytree(reward_model, two_labels)
-    config = json.loads((two_labels / "config.json").read_text())
-    config["id2label"] = {"0": "bad", "1": "good"}
-    (two_labels / "config.json").write_text(json.dumps(config))
+    two_labels = two_label_copy(reward_model, tmp_path / "two_labels")
     with pytest.raises(ConfigError, match="a classifier with 2 labels; a reward model has one"):
         judges.check_reward_model(compose(judge_overrides(two_labels)))
     no_template = tmp_path / "no_template"

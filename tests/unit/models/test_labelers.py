@@ -3,15 +3,13 @@ exactly as the judges do (a real tiny reward model saved to disk), and a labeler
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers.reward_model import fit_reward_model, scored_texts
+from helpers.reward_model import fit_reward_model, scored_texts, two_label_copy
 from train.config.compose import compose
 from train.config.choices import LabelerKind
 from train.config.schema import RankingSpec
@@ -131,11 +129,7 @@ def test_a_reward_model_labeler_scores_exactly_as_the_judge(reward_model):
 
 
 def test_a_labeler_that_cannot_label_is_refused_at_start(reward_model, tmp_path):
-    two_labels = tmp_path / "two_labels"
-    shutil.copytree(reward_model, two_labels)
-    config = json.loads((two_labels / "config.json").read_text())
-    config["id2label"] = {"0": "bad", "1": "good"}
-    (two_labels / "config.json").write_text(json.dumps(config))
+    two_labels = two_label_copy(reward_model, tmp_path / "two_labels")
     cases = [
         (["labeler=reward_model", f"labeler.name_or_path={two_labels}"],
          f"labeler.name_or_path={two_labels}: a classifier with 2 labels; a reward model has one"),
