@@ -18,7 +18,9 @@ def output_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def zero3_run(output_root):
     # reference=model (not the default, precomputed): this run checks that ZeRO-3 partitions the reference too.
-    return read_results(run_train(*FAST, "deepspeed=zero3", "dpo.reference=model", output_root=output_root, nproc=2))
+    # fresh: a real `accelerate launch` and its elastic agent, not the tests' forked ranks (helpers/warm.py).
+    return read_results(run_train(*FAST, "deepspeed=zero3", "dpo.reference=model", output_root=output_root, nproc=2,
+                                  fresh=True))
 
 
 def total_params(path) -> int:

@@ -83,8 +83,9 @@ def test_consecutive_nan_steps_stop_the_run_naming_the_step(tmp_path):
 @pytest.mark.multiproc
 def test_rank_death_fails_the_whole_job_quickly(tmp_path):
     start = time.monotonic()
+    # fresh: the real launcher, whose elastic agent is what ends the surviving rank
     proc = run_train(*SHORT, "faults.collective_timeout_s=30", output_root=tmp_path, nproc=2, check=False,
-                     env={"DPO_FAULT_INJECT": "die:3:1"}, timeout=300)
+                     env={"DPO_FAULT_INJECT": "die:3:1"}, timeout=300, fresh=True)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0 and "fault injection: die at step 3" in proc.stdout
     assert elapsed < 120, elapsed  # bounded: not the 30-minute default collective timeout

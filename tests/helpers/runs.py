@@ -20,25 +20,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_train(*overrides: str, output_root: Path, check: bool = True, timeout: int = 600, nproc: int = 1,
-              env: dict | None = None, wandb: bool = False) -> subprocess.CompletedProcess:
-    """`python -m train` (or `accelerate launch -m train` for nproc > 1) in a subprocess, as a user runs
-    it; outputs under `output_root`; `env` adds (or with None removes) environment variables. W&B is off
-    unless `wandb=True` (offline then) or an override sets it: its service takes seconds to start in every
-    run, and only the tests that read its files need it."""
+              env: dict | None = None, wandb: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`python -m train` (or `accelerate launch -m train` for nproc > 1) as a user runs it, forked from a warm
+    interpreter (helpers/warm.py) unless `fresh` asks for new interpreters and the real launcher; outputs under
+    `output_root`; `env` adds (or with None removes) environment variables. W&B is off unless `wandb=True`
+    (offline then) or an override sets it: its service takes seconds to start in every run, and only the tests
+    that read its files need it."""
     if wandb:
         overrides = (*overrides, "wandb.mode=offline")
     elif not any(o.lstrip("+").startswith("wandb.") for o in overrides):
         overrides = (*overrides, "wandb.mode=disabled")
     env = {**os.environ, "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}  # None in `env` removes a variable
-    launcher = [sys.executable, "-m", "train"]
+    args = ["train", f"output_root={output_root}", *overrides]
+    launch = None
+    cmd = [sys.executable, "-m", *args]
     if nproc > 1:
-        accelerate = str(Path(sys.executable).parent / "accelerate")
-        launcher = [accelerate, "launch", "--config_file", str(REPO / "launch/accelerate/single_node.yaml"),
-                    "--num_processes", str(nproc), "--main_process_port", str(free_port()), "-m", "train"]
-    cmd = [*launcher, f"output_root={output_root}", *overrides]
-    if nproc == 1 and warm.enabled():  # the same `python -m train`, forked from a warm interpreter (helpers/warm.py)
-        proc = warm.run(cmd, cmd[3:], REPO, env, timeout, Path(tempfile.gettempdir()) / f"dpo-warm-{os.getpid()}")
+        launch = ["--config_file", str(REPO / "launch/accelerate/single_node.yaml"), "--num_processes", str(nproc),
+                  "--main_process_port", str(free_port()), "-m", *args]
+        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", *launch]
+    if warm.enabled() and not fresh:
+        work = Path(tempfile.gettempdir()) / f"dpo-warm-{os.getpid()}"
+        proc = warm.run(cmd, REPO, env, timeout, work, argv=None if launch else args, launch=launch)
     else:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

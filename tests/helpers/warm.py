@@ -1,12 +1,16 @@
-"""A warm interpreter for one-process `python -m train` runs: it imports the training stack once, then forks a
-child per run that executes `python -m train <overrides>` as a fresh interpreter would (runpy, the run's own
-environment, working directory, stdout and stderr files, default signal handlers, exit code, atexit hooks).
+"""A warm interpreter for `python -m train` runs: it imports the training stack once, then forks a child per run
+that executes `python -m train <overrides>` as a fresh interpreter would (runpy, the run's own environment,
+working directory, stdout and stderr files, default signal handlers, exit code, atexit hooks). A multi-process
+run forks a launcher that does what `accelerate launch` does on one machine: accelerate's own argument parsing
+and environment, one forked child per rank with the variables torch's elastic agent sets, and the agent's
+"one rank failed: stop the others".
 
 Why: a fresh interpreter spends seconds of CPU importing torch, transformers, TRL, datasets and DeepSpeed before
-the run's first line, and the tests start more than a hundred one-process runs: on a 2-core machine those imports
-were most of `make test`'s time. Multi-process runs (`accelerate launch`) and the tests that start processes
-themselves (`make`, signals from outside, SLURM jobs) still get fresh interpreters, so both paths stay tested.
-DPO_TEST_FRESH_PROCESSES=1 gives every run a fresh interpreter again.
+the run's first line, and the tests start about two hundred processes of the project: on a 2-core machine those
+imports were most of `make test`'s time (an `accelerate launch` of 2 ranks is 3 of them). The tests that must see
+the real launchers still start fresh interpreters: `run_train(..., fresh=True)` (the rank-death test, one ZeRO-3
+run), the launcher tests, `make` targets, signals from outside, SLURM jobs. DPO_TEST_FRESH_PROCESSES=1 gives
+every run a fresh interpreter again.
 
 One warm interpreter per pytest process (each xdist worker runs one test at a time); the protocol is one JSON
 line per request and per reply on the server's stdin and a copy of its stdout.
@@ -25,12 +29,87 @@ from pathlib import Path
 
 # The server: imports, then serves fork requests until its stdin closes.
 SERVER = r'''
-import json, os, runpy, signal, sys, traceback, atexit
+import json, os, runpy, signal, sys, time, traceback, atexit
 proto = os.fdopen(os.dup(1), "w", buffering=1)
 devnull = os.open(os.devnull, os.O_RDWR)
 os.dup2(devnull, 1)
 import train.main, train.pipeline.run, train.pipeline.sft, train.pipeline.dpo, train.pipeline.evaluate  # noqa
 import train.trainer.builders, trl, deepspeed, wandb  # noqa: the stack every run imports
+from accelerate.commands.launch import launch_command_parser, _validate_launch_command  # noqa
+from accelerate.utils.launch import prepare_multi_gpu_env  # noqa
+
+
+def run_module(argv):
+    """`python -m <argv>` in this process; returns the exit code a fresh interpreter would give."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.argv = ["-m", *argv[1:]]
+    code = 1
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr); code = 1
+    except KeyboardInterrupt:  # as the interpreter ends on one: its traceback, then killed by SIGINT
+        traceback.print_exc(); sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        traceback.print_exc(); code = 1
+    atexit._run_exitfuncs()
+    return code
+
+
+def launch(launch_argv):
+    """What `accelerate launch <launch_argv>` does on one machine, with forked ranks: accelerate's own parsing and
+    environment, then the variables torch's elastic agent gives each worker; when a rank fails, the others get
+    SIGTERM (SIGKILL 30 s later), as the agent does. Exit code 1 when a rank failed, as accelerate's."""
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(launch_argv))
+    env = prepare_multi_gpu_env(args)
+    n = int(args.num_processes)
+    argv = [args.training_script, *args.training_script_args]
+    ranks = {}
+    for r in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.environ.clear(); os.environ.update(env)
+                os.environ.update(RANK=str(r), LOCAL_RANK=str(r), GROUP_RANK="0", ROLE_RANK=str(r), ROLE_NAME="default",
+                                  WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), ROLE_WORLD_SIZE=str(n), GROUP_WORLD_SIZE="1",
+                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.main_process_port),
+                                  TORCHELASTIC_RESTART_COUNT="0", TORCHELASTIC_MAX_RESTARTS="0",
+                                  TORCHELASTIC_RUN_ID="none", TORCHELASTIC_USE_AGENT_STORE="False")
+                sys.stdout.reconfigure(line_buffering=True)  # the agent starts ranks with `python -u`
+                code = run_module(argv)
+            finally:
+                try:
+                    sys.stdout.flush(); sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        ranks[pid] = r
+    failed, deadline = False, None
+    while ranks:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            if deadline is not None and time.monotonic() > deadline:
+                for other in ranks:
+                    os.kill(other, signal.SIGKILL)
+                deadline = None
+            time.sleep(0.1)
+            continue
+        if pid not in ranks:
+            continue
+        del ranks[pid]
+        if os.waitstatus_to_exitcode(status) != 0 and not failed:
+            failed, deadline = True, time.monotonic() + 30
+            for other in ranks:
+                os.kill(other, signal.SIGTERM)
+    return 1 if failed else 0
+
+
 for line in sys.stdin:
     request = json.loads(line)
     sys.stdout.flush(); sys.stderr.flush()
@@ -39,29 +118,16 @@ for line in sys.stdin:
         code = 1
         try:
             proto.close()
+            os.setpgid(0, 0)  # its own process group: a timed-out run is killed with every process it started
             os.chdir(request["cwd"])
             os.environ.clear(); os.environ.update(request["env"])
             out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(devnull, 0); os.dup2(out, 1); os.dup2(err, 2)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            sys.argv = ["-m", *request["argv"]]
             sys.path[0] = request["cwd"]
-            try:
-                runpy.run_module("train", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as stop:
-                if stop.code is None or isinstance(stop.code, int):
-                    code = stop.code or 0
-                else:
-                    print(stop.code, file=sys.stderr); code = 1
-            except KeyboardInterrupt:  # as the interpreter ends on one: its traceback, then killed by SIGINT
-                traceback.print_exc(); sys.stderr.flush()
-                signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)
-            except BaseException:
-                traceback.print_exc(); code = 1
-            atexit._run_exitfuncs()
+            code = launch(request["launch"]) if request.get("launch") else run_module(request["argv"])
+        except BaseException:
+            traceback.print_exc()
         finally:
             try:
                 sys.stdout.flush(); sys.stderr.flush()
@@ -103,19 +169,21 @@ def _reply(server: subprocess.Popen, deadline: float) -> dict:
     return json.loads(line)
 
 
-def run(cmd: list[str], argv: list[str], cwd: Path, env: dict, timeout: float, work: Path) -> subprocess.CompletedProcess:
-    """`python -m train <argv>` in a forked child of the warm interpreter; returns what subprocess.run would."""
+def run(cmd: list[str], cwd: Path, env: dict, timeout: float, work: Path, argv: list[str] | None = None,
+        launch: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m <argv>` (or `accelerate launch <launch>`) in a forked child of the warm interpreter; returns
+    what subprocess.run of `cmd` would."""
     server = _start(cwd)
     work.mkdir(parents=True, exist_ok=True)
     out, err = work / f"stdout.{time.monotonic_ns()}", work / f"stderr.{time.monotonic_ns()}"
-    request = {"argv": argv, "env": env, "cwd": str(cwd), "out": str(out), "err": str(err)}
+    request = {"argv": argv, "launch": launch, "env": env, "cwd": str(cwd), "out": str(out), "err": str(err)}
     server.stdin.write((json.dumps(request) + "\n").encode())
     deadline = time.monotonic() + timeout
     pid = _reply(server, deadline)["pid"]
     try:
         code = _reply(server, deadline)["code"]
     except TimeoutError:
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)  # the run and every process it started (its own process group)
         _reply(server, time.monotonic() + 30)
         raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(errors="replace"), err.read_text(errors="replace"))
     proc = subprocess.CompletedProcess(cmd, code, out.read_text(errors="replace"), err.read_text(errors="replace"))
