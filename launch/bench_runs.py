@@ -119,20 +119,21 @@ def rss_ratio(sizes: dict, root: Path, stages=("none", "zero3"), extra: tuple = 
         }
         print(f"bench: {name} {stage}: {figures[stage]['peak_rss_mb']} MB", flush=True)
     mean = {s: sum(f["peak_rss_mb"]) / len(f["peak_rss_mb"]) for s, f in figures.items()}
-    base = import_rss_mb()
+    base = import_rss_mb(sizes.get("import_runs", 2))
     training = {s: f["training_peak_rss_mb"] for s, f in figures.items()}
     return {**figures, "import_rss_mb": base, "model_parameters": figures["none"]["policy_params_local"][0], "zero3_rss_ratio": mean["zero3"] / mean["none"],
             "training_rss_ratio": training["zero3"] / training["none"],
             "above_imports_ratio": (training["zero3"] - base) / (training["none"] - base)}
 
 
-def import_rss_mb() -> float:
-    """RSS of a process that has only imported what a DPO run imports: the floor under every rank."""
+def import_rss_mb(runs: int = 2) -> float:
+    """RSS of a process that has only imported what a DPO run imports: the floor under every rank; the lower of
+    `runs` processes (a first import may also compile bytecode)."""
     code = ("import deepspeed, trl, train.main, train.pipeline.run; from trl import DPOTrainer; "
             "from train.core.memory import peak_rss_mb; print(peak_rss_mb())")
-    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-            for _ in range(2)]  # the lower of two: a first import may also compile bytecode
-    return min(float(proc.stdout.strip().splitlines()[-1]) for proc in runs)
+    procs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+             for _ in range(runs)]
+    return min(float(proc.stdout.strip().splitlines()[-1]) for proc in procs)
 
 
 def format_rows(result: dict) -> str:

@@ -32,7 +32,7 @@ MODEL_155M = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers
 RSS_SCALE = {"model": MODEL_155M, "model_dir": "llama-155m", "pairs": 64, "sft_rows": 16, "rss_steps": 4, "rss_batch": 8}
 QUICK = {"model": None, "pairs": 96, "sft_rows": 64, "batch": 16, "steps": 4, "warmup": 1, "rounds": 1,
          "sweep_pairs": 64, "sweep_rows": 64, "sweep_rounds": 1, "betas": [0.1, 0.5],
-         "rss_steps": 2, "rss_batch": 8}
+         "rss_steps": 2, "rss_batch": 8, "import_runs": 1}
 
 
 def model_overrides(sizes: dict, root: Path) -> list[str]:
