@@ -99,9 +99,9 @@ def generation(sizes: dict, root: Path) -> dict:
     """Every profile at every vocabulary, both sides per round, alternated."""
     sizes = {**SIZES, **sizes}
     cfg = compose([*model_overrides(sizes, root), *data_overrides(16, 16), f"output_root={root / 'generate'}",
-                   "sft.enabled=false"])
-    base = ensure_base_model(cfg)
-    tokenizer = load_tokenizer(cfg, base)
+                   "sft.enabled=false"]).config
+    base = ensure_base_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, base, cfg.data.conversational)
     words = single_token_words(tokenizer)
     n = sizes["num_samples"]
     result = {"sizes": sizes, "threads": torch.get_num_threads(), "by_vocab": {}}

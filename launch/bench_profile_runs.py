@@ -40,10 +40,12 @@ from trl import DPOConfig, DPOTrainer
 from launch.bench_profiles import MAX_LENGTH, PROFILES, draw_lengths, length_summary, make_pairs, single_token_words
 from launch.bench_setup import MODEL_20M, compose, data_overrides, model_overrides, timing_args
 from train import seams
+from train.config.schema import MainConfig
 from train.console.progress import ConsoleLogCallback
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.trainer.builders import build_dpo_trainer
 from train.trainer.layouts import TRL_LAYOUT
+from train.trainer.start_plan import StartPlan
 
 # RoPE positions up to TRL's max_length; otherwise the ~20M Llama of `make bench`. 32k first: the headline figures.
 # A TL;DR step of TRL's defaults at 32k is ~10 s of the 2 cores: 1 timed step per side and round keeps the part
@@ -116,7 +118,8 @@ def wide_vocab_model(base: str, vocab: int, path: Path, tokenizer) -> str:
     return str(path)
 
 
-def build_side(side: str, cfg, model_path: str, pairs, tokenizer, out: Path, batch: int, steps: int):
+def build_side(side: str, plan: StartPlan, model_path: str, pairs, tokenizer, out: Path, batch: int, steps: int):
+    cfg = plan.config
     common = dict(output_dir=str(out), bf16=False, seed=cfg.seed, max_length=MAX_LENGTH, **timing_args(batch, steps))
     if side == "trl_default":
         return DPOTrainer(model=model_path, args=DPOConfig(**common), train_dataset=pairs, processing_class=tokenizer)
@@ -125,21 +128,21 @@ def build_side(side: str, cfg, model_path: str, pairs, tokenizer, out: Path, bat
         return TimedReferencePass(model=model_path, args=args, train_dataset=pairs, processing_class=tokenizer)
     shutil.rmtree(Path(cfg.output_root) / "ref_cache", ignore_errors=True)  # cold: the pass is measured every round
     data = SimpleNamespace(train_pairs=pairs, test_pairs=None)
-    return build_dpo_trainer(cfg, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
+    return build_dpo_trainer(plan, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
 
 
-def project_pass_s(cfg) -> float | None:
+def project_pass_s(cfg: MainConfig) -> float | None:
     metas = [json.loads(p.read_text()) for p in (Path(cfg.output_root) / "ref_cache").glob("*.json")
              if not p.name.startswith("weights-")]
     return max((m["compute_s"] for m in metas), default=None)
 
 
-def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, sizes: dict, memory: bool) -> dict:
+def run_side(side: str, plan: StartPlan, model_path: str, pairs, tokenizer, work: Path, sizes: dict, memory: bool) -> dict:
     batch, timed = sizes["batch"], sizes["warmup"] + sizes["steps"]
     # A fresh fingerprint: TRL caches reference log-probs by the dataset's, so a repeated side would skip its pass.
     pairs = pairs.map(lambda row: row, new_fingerprint=uuid.uuid4().hex)
     start = time.perf_counter()
-    trainer = build_side(side, cfg, model_path, pairs, tokenizer, work / side, batch, timed + memory)
+    trainer = build_side(side, plan, model_path, pairs, tokenizer, work / side, batch, timed + memory)
     construct_s = time.perf_counter() - start
     probe = StepProbe(tokenizer.pad_token_id, timed + 1 if memory else 0, work / f"{side}-trace.json")
     trainer.add_callback(probe)
@@ -150,7 +153,7 @@ def run_side(side: str, cfg, model_path: str, pairs, tokenizer, work: Path, size
     seconds = probe.seconds[sizes["warmup"]:timed]
     figures = {"pairs_per_s": batch * len(seconds) / sum(seconds), "step_s": statistics.median(seconds),
                "construct_s": construct_s, "padding_fraction": probe.pads / probe.positions,
-               "ref_pass_s": getattr(trainer, "reference_pass_s", None) if side != "project" else project_pass_s(cfg),
+               "ref_pass_s": getattr(trainer, "reference_pass_s", None) if side != "project" else project_pass_s(plan.config),
                "step_peak_alloc_mb": probe.step_peak_mb, "loadavg": open("/proc/loadavg").read().split()[:3],
                # what dpo.batching resolved to; TRL's own sides have no layout of ours: they run TRL's batch
                "layout": getattr(trainer, "batch_layout", None) or TRL_LAYOUT}
@@ -190,10 +193,11 @@ def ratio_of_medians(sides: dict[str, list[dict]], key: str, num: str, den: str)
 def profiles(sizes: dict, root: Path, names: tuple = tuple(PROFILES)) -> dict:
     """Every profile at every vocabulary: three sides per round, the order reversed every round."""
     sizes = {**SIZES, **sizes}
-    cfg = compose([*model_overrides(sizes, root), *data_overrides(16, 16), f"output_root={root / 'profiles'}",
-                   "sft.enabled=false", f"dpo.args.max_length={MAX_LENGTH}"])
-    base = ensure_base_model(cfg)
-    tokenizer = load_tokenizer(cfg, base)
+    plan = compose([*model_overrides(sizes, root), *data_overrides(16, 16), f"output_root={root / 'profiles'}",
+                    "sft.enabled=false", f"dpo.args.max_length={MAX_LENGTH}"])
+    cfg = plan.config
+    base = ensure_base_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, base, cfg.data.conversational)
     words = single_token_words(tokenizer)
     n_pairs = sizes["batch"] * (sizes["warmup"] + sizes["steps"] + 1)
     result = {"sizes": sizes, "batching": cfg.dpo.batching, "words": len(words), "by_vocab": {}}
@@ -207,7 +211,7 @@ def profiles(sizes: dict, root: Path, names: tuple = tuple(PROFILES)) -> dict:
             with tempfile.TemporaryDirectory(dir=root) as tmp:
                 for r in range(sizes["rounds"]):
                     for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-                        run = run_side(side, cfg, model_path, pairs, tokenizer, Path(tmp), sizes, memory=r == 0)
+                        run = run_side(side, plan, model_path, pairs, tokenizer, Path(tmp), sizes, memory=r == 0)
                         sides[side].append(run)
                         print(f"bench: profiles vocab {label} {name} round {r + 1} {side}: {run['pairs_per_s']:.2f} pairs/s, "
                               f"padding {run['padding_fraction']:.1%}, load {' '.join(run['loadavg'])}", flush=True)

@@ -48,7 +48,7 @@ def results_of(proc: subprocess.CompletedProcess) -> list[dict]:
 
 def prebuild_model(root: Path, model: list[str]) -> None:
     """Build the base model before any timing: it is the benchmark's input, not part of a pipeline run."""
-    ensure_base_model(compose([*model, *data_overrides(16, 16), f"output_root={root}"]))
+    ensure_base_model(compose([*model, *data_overrides(16, 16), f"output_root={root}"]).config.model)
 
 
 def sweep_cost(sizes: dict, root: Path) -> dict:

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig
-
 from train.config.compose import compose as compose_config
 from train.console.progress import ConsoleLogCallback
 from train.data import load_preference_data
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
+from train.trainer.start_plan import StartPlan
 from train.trainer.throughput import ThroughputCallback, measure_matmul_peak
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,20 +47,21 @@ def data_overrides(pairs: int, rows: int) -> list[str]:
             "eval.enabled=false", "wandb.enabled=false"]
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The config `python -m train <overrides>` runs with, after the same start-up checks."""
-    cfg = compose_config(overrides)
-    check_config(cfg)
-    return cfg
+def compose(overrides: list[str]) -> StartPlan:
+    """What `python -m train <overrides>` runs with, after the same start-up checks: the typed config (`.config`)
+    and the checked trainer settings the builders take."""
+    return check_config(compose_config(overrides))
 
 
 def load_inputs(sizes: dict, root: Path, extra: list[str] = ()):
-    """The composed config, the benchmark model (built once) and its tokenizer, and the preference data."""
-    cfg = compose([*model_overrides(sizes, root), *data_overrides(sizes["pairs"], sizes["sft_rows"]),
+    """The start plan (typed config and trainer settings), the benchmark model (built once) and its tokenizer, and
+    the preference data."""
+    plan = compose([*model_overrides(sizes, root), *data_overrides(sizes["pairs"], sizes["sft_rows"]),
                    f"output_root={root}", "sft.enabled=false", *extra])
-    model_path = ensure_base_model(cfg)
-    tokenizer = load_tokenizer(cfg, model_path)
-    return cfg, model_path, tokenizer, load_preference_data(cfg, tokenizer)
+    cfg = plan.config
+    model_path = ensure_base_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path, cfg.data.conversational)
+    return plan, model_path, tokenizer, load_preference_data(cfg, tokenizer)
 
 
 def timing_args(batch: int, steps: int) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from train.models.loading import count_parameters_from_config
 from train.trainer.builders import build_dpo_trainer, build_sft_trainer, reference_forward
 from train.trainer.throughput import measure_matmul_peak
 from train.config.choices import Reference
+from train.config.schema import MainConfig
+from train.trainer.start_plan import StartPlan
 
 
 def trl_default_trainer(model_path: str, data, tokenizer, batch: int, steps: int, out: Path, seed: int):
@@ -32,28 +34,28 @@ def trl_default_trainer(model_path: str, data, tokenizer, batch: int, steps: int
     return DPOTrainer(model=model_path, args=args, train_dataset=data.train_pairs, processing_class=tokenizer)
 
 
-def project_trainer(cfg, model_path: str, data, tokenizer, batch: int, steps: int, out: Path):
+def project_trainer(plan: StartPlan, model_path: str, data, tokenizer, batch: int, steps: int, out: Path):
     """The pipeline's own DPO trainer and settings (conf/dpo/default.yaml), from the pipeline's builder."""
-    return build_dpo_trainer(cfg, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
+    return build_dpo_trainer(plan, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
 
 
-def sft_trainer(cfg, model_path: str, data, tokenizer, batch: int, steps: int, out: Path):
+def sft_trainer(plan: StartPlan, model_path: str, data, tokenizer, batch: int, steps: int, out: Path):
     """The pipeline's SFT trainer and settings (conf/sft/default.yaml), from the pipeline's builder."""
-    return build_sft_trainer(cfg, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
+    return build_sft_trainer(plan, model_path, data, tokenizer, out, extra=timing_args(batch, steps))
 
 
 def dpo_steps(sizes: dict, root: Path) -> dict:
     """TRL's defaults vs the project's, alternated in this process."""
-    cfg, model_path, tokenizer, data = load_inputs(sizes, root)
+    plan, model_path, tokenizer, data = load_inputs(sizes, root)
     # Cold cache: the first project trainer runs the reference pass, whose cost is reported below.
     shutil.rmtree(root / "ref_cache", ignore_errors=True)
     peaks = [measure_matmul_peak(size=n) for n in (512, 1024, 2048)]
     batch, steps = sizes["batch"], sizes["steps"] + sizes["warmup"]
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         sides = alternate({
-            "trl_default": (lambda: trl_default_trainer(model_path, data, tokenizer, batch, steps, Path(tmp) / "t", cfg.seed), True),
-            "project": (lambda: project_trainer(cfg, model_path, data, tokenizer, batch, steps, Path(tmp) / "p"),
-                        reference_forward(cfg)),
+            "trl_default": (lambda: trl_default_trainer(model_path, data, tokenizer, batch, steps, Path(tmp) / "t", plan.config.seed), True),
+            "project": (lambda: project_trainer(plan, model_path, data, tokenizer, batch, steps, Path(tmp) / "p"),
+                        reference_forward(plan.config.dpo)),
         }, sizes, peaks)
     peak = with_peak(sides, peaks)
     ratios = [p["pairs_per_s"] / t["pairs_per_s"] for t, p in zip(sides["trl_default"], sides["project"])]
@@ -74,11 +76,11 @@ def dpo_steps(sizes: dict, root: Path) -> dict:
         "mfu": statistics.median(p["mfu_local"] for p in sides["project"]),
         "mfu_vs_best_peak": statistics.median(p["mfu"] for p in sides["project"]),
         "model_parameters": count_parameters_from_config(model_path, False),
-        "project_settings": {"reference": cfg.dpo.reference, **{k: cfg.dpo.args.get(k) for k in ("gradient_checkpointing", "max_length")}},
+        "project_settings": {"reference": plan.config.dpo.reference, **{k: plan.config.dpo.args.get(k) for k in ("gradient_checkpointing", "max_length")}},
     }
 
 
-def ablation_variants(cfg) -> dict[str, list[str]]:
+def ablation_variants(cfg: MainConfig) -> dict[str, list[str]]:
     """One setting at a time changed from the project's defaults: the measured gain of each default."""
     other_reference = "model" if cfg.dpo.reference == Reference.precomputed else "precomputed"
     return {
@@ -101,22 +103,22 @@ def with_lengths(data):
 
 
 def ablations(sizes: dict, root: Path) -> dict:
-    cfg, model_path, tokenizer, data = load_inputs(sizes, root)
+    plan, model_path, tokenizer, data = load_inputs(sizes, root)
     batch, steps, peaks = sizes["batch"], sizes["steps"] + sizes["warmup"], []
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         gc_on = load_inputs(sizes, root, ["sft.args.gradient_checkpointing=true"])[0]
         sft_sides = alternate({
-            "sft": (lambda: sft_trainer(cfg, model_path, data, tokenizer, batch, steps, Path(tmp) / "s"), False, "sft"),
+            "sft": (lambda: sft_trainer(plan, model_path, data, tokenizer, batch, steps, Path(tmp) / "s"), False, "sft"),
             "sft gradient_checkpointing=true": (lambda: sft_trainer(gc_on, model_path, data, tokenizer, batch, steps,
                                                                      Path(tmp) / "sg"), False, "sft"),
         }, sizes, peaks)
-        builders = {"project": (lambda: project_trainer(cfg, model_path, data, tokenizer, batch, steps, Path(tmp) / "p"),
-                                reference_forward(cfg))}
-        for name, overrides in ablation_variants(cfg).items():
+        builders = {"project": (lambda: project_trainer(plan, model_path, data, tokenizer, batch, steps, Path(tmp) / "p"),
+                                reference_forward(plan.config.dpo))}
+        for name, overrides in ablation_variants(plan.config).items():
             variant = load_inputs(sizes, root, overrides)[0]
             rows = with_lengths(data) if name == "group_by_length" else data
             builders[name] = (lambda v=variant, d=rows, n=name: project_trainer(v, model_path, d, tokenizer, batch, steps,
-                                                                                 Path(tmp) / n), reference_forward(variant))
+                                                                                 Path(tmp) / n), reference_forward(variant.config.dpo))
         sides = alternate(builders, sizes, peaks)
     with_peak({**sides, **sft_sides}, peaks)
     base = {name: statistics.median(r["pairs_per_s"] for r in sides["project"]) for name in sides}
@@ -147,10 +149,10 @@ PROFILE_GROUPS = {"matmul (mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bm
 
 def profile_steps(sizes: dict, root: Path, steps: int = 3) -> dict:
     """torch.profiler over `steps` project DPO steps (after the warm-up): where a step's time goes."""
-    cfg, model_path, tokenizer, data = load_inputs(sizes, root)
+    plan, model_path, tokenizer, data = load_inputs(sizes, root)
     prof = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=sizes["warmup"], warmup=0, active=steps))
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        trainer = project_trainer(cfg, model_path, data, tokenizer, sizes["batch"], sizes["warmup"] + steps, Path(tmp) / "p")
+        trainer = project_trainer(plan, model_path, data, tokenizer, sizes["batch"], sizes["warmup"] + steps, Path(tmp) / "p")
         trainer.add_callback(ProfilerStep(prof))
         with prof:
             trainer.train()

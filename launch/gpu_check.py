@@ -79,18 +79,19 @@ def measure(opts, layout: str) -> dict:
     model = [f"model.name_or_path={root / 'models' / 'tiny'}"] if opts.smoke else [
         *[f"model.tiny.{k}={v}" for k, v in MODEL_05B.items()], f"model.name_or_path={root / 'models' / 'llama-05b'}",
         "model.dtype=bfloat16", "+dpo.args.bf16=true"]
-    cfg = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false",
-                   f"dpo.batching={layout}", f"model.attn_implementation={opts.attn}"])
-    model_path = ensure_base_model(cfg)
-    tokenizer = load_tokenizer(cfg, model_path)
+    plan = compose([*model, *data_overrides(pairs, 64), f"output_root={root}", "sft.enabled=false",
+                    f"dpo.batching={layout}", f"model.attn_implementation={opts.attn}"])
+    cfg = plan.config
+    model_path = ensure_base_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path, cfg.data.conversational)
     data = load_preference_data(cfg, tokenizer)
     built_s = time.perf_counter() - start
     device = torch.device("cpu") if opts.smoke else torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # each layout's own peak
-    trainer = build_dpo_trainer(cfg, model_path, data, tokenizer, root / "dpo",
+    trainer = build_dpo_trainer(plan, model_path, data, tokenizer, root / "dpo",
                                 extra=timing_args(opts.batch, opts.steps + opts.warmup))
-    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
+    callback = ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg.dpo))
     trainer.train()
     steps = callback.steps[opts.warmup:]
     peak = peak_flops(device, torch.float32 if opts.smoke else torch.bfloat16)

@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from train.config.schema import MainConfig
 
 from train.config.compose import compose
 from train.console.libraries import quiet_libraries
@@ -48,16 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     out, overrides = split_out(argv)
     quiet_libraries()
     try:
-        cfg = compose(overrides)
-        check_config(cfg)
-        write_pairs(cfg, out)
+        write_pairs(check_config(compose(overrides)).config, out)
     except ConfigError as err:
         fail(str(err))
     return 0
 
 
-def write_pairs(cfg: DictConfig, out: Path) -> None:
-    tokenizer = load_tokenizer(cfg, ensure_base_model(cfg))
+def write_pairs(cfg: MainConfig, out: Path) -> None:
+    tokenizer = load_tokenizer(cfg.model, ensure_base_model(cfg.model), cfg.data.conversational)
     files, report = prepare(cfg, tokenizer)
     print(format_report(report), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)

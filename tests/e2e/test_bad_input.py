@@ -9,12 +9,13 @@ from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import prepare
 from train.models.loading import ensure_base_model, load_tokenizer
+from helpers.typed import typed
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
-    return root, ensure_base_model(compose([f"output_root={root}"]))
+    return root, ensure_base_model(typed(compose([f"output_root={root}"])).model)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -27,7 +28,7 @@ def test_unreadable_data_files_are_one_line(content, message, tiny_dir, tmp_path
     source.write_bytes(content)
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}"])
     with pytest.raises(ConfigError, match=message) as err:
-        prepare(cfg, load_tokenizer(cfg, model))
+        prepare(typed(cfg), load_tokenizer(cfg.model, model, cfg.data.conversational))
     assert str(source) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -39,7 +40,7 @@ def test_a_model_directory_without_its_tokenizer_is_named(tiny_dir, tmp_path):
         shutil.copy(f"{model}/{name}", weights_only / name)
     cfg = compose([f"model.name_or_path={weights_only}", "model.tiny=null", f"output_root={root}"])
     with pytest.raises(ConfigError, match=f"model {weights_only} has no tokenizer files"):
-        load_tokenizer(cfg, str(weights_only))
+        load_tokenizer(cfg.model, str(weights_only), cfg.data.conversational)
 
 
 @pytest.mark.slow

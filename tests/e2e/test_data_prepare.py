@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.runs import REPO, read_results, run_train
+from helpers.typed import typed
 
 HH = ["data=hh_rlhf", "data.source=tests/fixtures/hh_rlhf"]
 CUSTOM = ["data=custom", "data.source=tests/fixtures/custom/pairs.jsonl", "data.columns.prompt=instruction",
@@ -95,7 +96,7 @@ def test_trl_drops_long_prompts_silently_and_keeps_identical_pairs(tmp_path):
     from train.models.loading import ensure_base_model, load_tokenizer
 
     cfg = compose([f"output_root={tmp_path}"])
-    path = ensure_base_model(cfg)
+    path = ensure_base_model(typed(cfg).model)
     user, bot = (lambda t: [{"role": "user", "content": t}]), (lambda t: [{"role": "assistant", "content": t}])
     rows = [
         {"prompt": user("write a review of the comedy"), "chosen": bot("a great film"), "rejected": bot("a dull film")},
@@ -104,7 +105,7 @@ def test_trl_drops_long_prompts_silently_and_keeps_identical_pairs(tmp_path):
     ]
     args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, bf16=False, report_to=[], gradient_checkpointing=False)
     trainer = DPOTrainer(model=path, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=load_tokenizer(cfg, path))
+                         processing_class=load_tokenizer(cfg.model, path, cfg.data.conversational))
     kept = trainer.train_dataset
     assert len(kept) == 2  # the long prompt is gone, nothing was said
     assert kept[1]["chosen_ids"] == kept[1]["rejected_ids"]  # the identical pair stays

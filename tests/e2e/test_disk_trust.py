@@ -25,6 +25,7 @@ from train.data.preference import cache_key, trainer_lengths
 from train.models.loading import ensure_base_model
 from train.pipeline.sft import sft_output_dir
 from train.trainer.reference_cache import LOGP_COLUMNS, ReferenceLogpsCache
+from helpers.typed import typed
 
 FAST = ("debug=fast", "sft.enabled=false", "eval.enabled=false", "data.synthetic.num_pairs=128", "+dpo.args.max_steps=4",
         "dpo.args.logging_steps=1",
@@ -162,7 +163,7 @@ def test_a_copied_data_source_keeps_its_cache_key_and_a_changed_one_does_not(tmp
 
     def key(source: Path) -> str:
         cfg = compose(["data=hc3", f"data.source={source}", f"output_root={tmp_path / 'out'}"])
-        return cache_key(cfg, None, trainer_lengths(cfg))
+        return cache_key(typed(cfg), None, trainer_lengths(typed(cfg)))
 
     copied = tmp_path / "b" / "elsewhere.jsonl"
     copied.parent.mkdir()
@@ -179,15 +180,15 @@ def test_a_copied_data_source_keeps_its_cache_key_and_a_changed_one_does_not(tmp
 def test_a_moved_output_root_finds_its_sft_model(tmp_path):
     """The SFT key holds the tiny model by content, not by its path under the output root."""
     before = compose([f"output_root={tmp_path / 'a'}"])
-    ensure_base_model(before)
+    ensure_base_model(typed(before).model)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     after = compose([f"output_root={tmp_path / 'b'}"])
-    assert sft_output_dir(after) == tmp_path / "b" / "sft" / sft_output_dir(before).name
+    assert sft_output_dir(typed(after)) == tmp_path / "b" / "sft" / sft_output_dir(typed(before)).name
     weights = tmp_path / "b" / "models" / "tiny-llama" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # other weights: another SFT
     weights.write_bytes(bytes(data))
-    assert sft_output_dir(after).name != sft_output_dir(before).name
+    assert sft_output_dir(typed(after)).name != sft_output_dir(typed(before)).name
 
 
 @pytest.mark.slow

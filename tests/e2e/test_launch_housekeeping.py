@@ -13,6 +13,7 @@ import pytest
 import trl
 
 from helpers.runs import REPO, free_port, read_results, results_path, run_train
+from helpers.typed import typed
 
 TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"
 MULTI_CPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nmixed_precision: 'no'\n"
@@ -96,12 +97,12 @@ def test_real_model_at_the_tiny_learning_rates_gets_a_hint():
     from train.config.compose import compose
     from train.console.summary import real_model_hint, settings_lines
 
-    lines = settings_lines(compose(["model=qwen2_5_0_5b"]), Path("/runs/x"), 1, 1)
+    lines = settings_lines(typed(compose(["model=qwen2_5_0_5b"])), Path("/runs/x"), 1, 1)
     (hint,) = [line for line in lines if line.startswith("hint:")]
     assert "sft lr 3.0e-03, dpo lr 1.0e-03" in hint and "recipe=real_model" in hint
-    assert real_model_hint(compose(["model=qwen2_5_0_5b", "recipe=real_model"])) is None
-    assert real_model_hint(compose([])) is None  # the tiny model: those rates are its own
-    only_dpo = real_model_hint(compose(["model=qwen2_5_0_5b", "sft.args.learning_rate=1e-5"]))
+    assert real_model_hint(typed(compose(["model=qwen2_5_0_5b", "recipe=real_model"]))) is None
+    assert real_model_hint(typed(compose([]))) is None  # the tiny model: those rates are its own
+    only_dpo = real_model_hint(typed(compose(["model=qwen2_5_0_5b", "sft.args.learning_rate=1e-5"])))
     assert only_dpo is not None and "sft" not in only_dpo.split(":")[1]
 
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig
 from helpers.runs import read_results, run_train
 from train.config.compose import compose
 from train.config.choices import Stage
-from train.config.trainer_args import trl_config
+from helpers.trainer_config import trl_config
 from train.console.banners import training_banner
 from train.console.summary import summary_lines
 from train.core.errors import ConfigError
@@ -22,6 +22,7 @@ from train.models import judges
 from train.models.loading import load_tokenizer
 from train.models.sampling import win_rate
 from train.pipeline.checks import check_config
+from helpers.typed import typed
 
 
 def test_reward_settings_build_trls_reward_config_with_the_pipelines_checkpoints(tmp_path):
@@ -95,9 +96,9 @@ def test_the_saved_reward_model_is_a_judge_that_reproduces_the_held_out_accuracy
     cfg = compose(["debug=fast", f"output_root={root}", *shlex.split(hint)])
     assert cfg.judge.name_or_path == str(model_dir)
     check_config(cfg)
-    judges.check_reward_model(cfg)  # one label, a tokenizer with a chat template
-    judge = judges.load_judge(cfg, torch.device("cpu"))
-    data = load_preference_data(cfg, load_tokenizer(cfg, cfg.model.name_or_path))
+    judges.check_reward_model(cfg.judge, cfg.data.conversational)  # one label, a tokenizer with a chat template
+    judge = judges.load_judge(cfg.judge, cfg.data.conversational, torch.device("cpu"))
+    data = load_preference_data(typed(cfg), load_tokenizer(cfg.model, cfg.model.name_or_path, cfg.data.conversational))
     rows = data.test_pairs[:]
     chosen = judge.score(rows["prompt"], [judges.response_text(r) for r in rows["chosen"]])
     rejected = judge.score(rows["prompt"], [judges.response_text(r) for r in rows["rejected"]])

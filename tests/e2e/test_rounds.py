@@ -13,6 +13,7 @@ from helpers.runs import read_results, results_path, run_train
 from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.pipeline.rounds import check_rounds
+from helpers.typed import typed
 
 ROUNDS = ("debug=fast", "generate=on_policy", "labeler=sentiment", "generate.rounds=2",
           "generate.prompts.max_prompts=128", "dpo.args.warmup_steps=0")
@@ -21,7 +22,7 @@ DATA = SimpleNamespace(train_pairs={"prompt": [[{"role": "user", "content": "rev
 
 def refusal(*overrides: str, data=DATA) -> str:
     with pytest.raises(ConfigError) as err:
-        check_rounds(compose(["generate=on_policy", "labeler=sentiment", *overrides]), data)
+        check_rounds(typed(compose(["generate=on_policy", "labeler=sentiment", *overrides])), data)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -37,11 +38,11 @@ def test_settings_that_cannot_make_pairs_are_refused_at_start(tmp_path):
     (tmp_path / "no-weights").mkdir()
     (tmp_path / "no-weights" / "config.json").write_text("{}")
     assert "not a model directory with weights" in refusal(f"generate.models=[policy,{tmp_path / 'no-weights'}]")
-    check_rounds(compose(["generate=on_policy", "labeler=sentiment"]), DATA)  # the defaults pass
+    check_rounds(typed(compose(["generate=on_policy", "labeler=sentiment"])), DATA)  # the defaults pass
 
 
 def test_offline_runs_are_not_checked():
-    check_rounds(compose(["labeler=none", "generate.num_samples=1"]), DATA)
+    check_rounds(typed(compose(["labeler=none", "generate.num_samples=1"])), DATA)
 
 
 @pytest.fixture(scope="module")

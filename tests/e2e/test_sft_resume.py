@@ -14,7 +14,7 @@ from transformers import TrainerControl, TrainerState
 from helpers.runs import assert_same_run, read_results, run_train
 from train.config.compose import compose
 from train.config.choices import Stage
-from train.config.trainer_args import trl_config
+from helpers.trainer_config import trl_config
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
 
 # 8 SFT steps, each logged, a checkpoint every 4; 2 DPO steps so the rerun also finishes DPO.

@@ -152,12 +152,6 @@ def build_config(stage: Stage, kwargs: Mapping[str, Any], output_dir: Path, extr
                      with_extra({**copy.deepcopy(dict(kwargs)), "output_dir": str(output_dir)}, extra))
 
 
-def trl_config(cfg: DictConfig, stage: Stage, output_dir: Path, extra: dict[str, Any] | None = None):
-    """`stage`'s TRL config straight from `cfg`, checked as it is built: for what runs without the start check
-    (the benchmarks, the GPU check) and for the tests of single settings."""
-    return build_config(stage, stage_kwargs(cfg, stage), output_dir, extra)
-
-
 @dataclasses.dataclass(frozen=True)
 class StageArgs:
     """One stage's trainer settings as the start check accepted them, and the numbers the pipeline reads before

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from omegaconf import DictConfig
+from train.config.schema import MainConfig
 
 from train.config.choices import Stage
 from train.core.ranks import is_main_process
@@ -58,7 +58,7 @@ def eval_banner(prompts: int, processes: int, max_new_tokens: int, temperature: 
             f"judge: {judge or 'none'} ==")
 
 
-def stage_details(cfg: DictConfig, stage: str) -> str:
+def stage_details(cfg: MainConfig, stage: str) -> str:
     """What else decides how a stage trains: adapters, and for DPO beta, the reference and the ZeRO stage."""
     zero = deepspeed_text(cfg.deepspeed.stage, cfg.deepspeed.config)
     if stage == Stage.sft:
@@ -76,7 +76,7 @@ def deepspeed_text(stage: int, config) -> str:
     return f"ZeRO-{stage}{' with CPU offload' if offload else ''}"
 
 
-def announce_training(stage: str, cfg: DictConfig, trainer, rows: int) -> None:
+def announce_training(stage: str, cfg: MainConfig, trainer, rows: int) -> None:
     """The stage's banner, then what a user would want to hear before it trains (main process only)."""
     if is_main_process():
         processes, unit = trainer.accelerator.num_processes, "pairs" if stage in (Stage.dpo, Stage.reward) else "rows"

@@ -10,13 +10,14 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.compose import CONFIG_DIR
+from train.config.schema import MainConfig
 from train.console.banners import count, deepspeed_text
 from train.core.ranks import is_main_process, num_machines, world_size
 
 NA = "n/a"  # a value results.json holds as null (no judge on real data, W&B off) or lacks (a stage not run)
 
 
-def settings_lines(cfg: DictConfig, run_dir: Path, processes: int, machines: int) -> list[str]:
+def settings_lines(cfg: MainConfig, run_dir: Path, processes: int, machines: int) -> list[str]:
     """The settings a newcomer checks first, before minutes of loading and training."""
     model = cfg.model
     sft = "off (DPO starts from the base model)" if not cfg.sft.enabled else (
@@ -35,13 +36,13 @@ def settings_lines(cfg: DictConfig, run_dir: Path, processes: int, machines: int
     ]
 
 
-def real_model_hint(cfg: DictConfig) -> Optional[str]:
+def real_model_hint(cfg: MainConfig) -> Optional[str]:
     """A real model trained at the learning rates the sft and dpo groups tune for the tiny model (1e-3 and up:
     a pretrained model's weights are wrecked in a few steps) gets a hint, not a refusal: they may be meant."""
     if cfg.model.tiny is not None:
         return None
-    toy = [f"{stage} {lr(cfg[stage].args)}" for stage in ("sft", "dpo") if cfg[stage].enabled
-           and cfg[stage].args.get("learning_rate") == group_default(stage).args.get("learning_rate")]
+    toy = [f"{stage} {lr(getattr(cfg, stage).args)}" for stage in ("sft", "dpo") if getattr(cfg, stage).enabled
+           and getattr(cfg, stage).args.get("learning_rate") == group_default(stage).args.get("learning_rate")]
     if not toy:
         return None
     return (f"hint: {', '.join(toy)}: the tiny model's learning rate{'s' if len(toy) > 1 else ''} (conf/sft, conf/dpo); for "
@@ -149,7 +150,7 @@ def wandb_text(wandb: dict) -> str:
     return f"{wandb['dir']} ({wandb.get('mode') or NA}{upload})"
 
 
-def print_settings(cfg: DictConfig, run_dir: Path) -> None:
+def print_settings(cfg: MainConfig, run_dir: Path) -> None:
     if is_main_process():
         print("\n".join(settings_lines(cfg, run_dir, world_size(), num_machines())), flush=True)
 

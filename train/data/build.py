@@ -12,7 +12,7 @@ import hashlib
 import math
 from typing import Callable, Iterable, Optional
 
-from omegaconf import DictConfig
+from train.config.schema import MainConfig
 
 from train.core.errors import ConfigError
 from train.data import custom
@@ -128,7 +128,7 @@ def count_unreadable(unreadable: dict[str, list[str]], split: str, tally: Tally)
     return len(unreadable.get(split, []))
 
 
-def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, lengths: dict,
+def build(cfg: MainConfig, source: Source, opts: dict, splits: dict, tokenizer, lengths: dict,
           unreadable: Optional[dict[str, list[str]]] = None) -> tuple[dict, dict]:
     """-> ({sft, train_pairs, test_pairs, eval_prompts: rows}, report). `unreadable`: split -> where lines of the
     source could not be parsed (counted as malformed)."""
@@ -175,7 +175,7 @@ def build(cfg: DictConfig, source: Source, opts: dict, splits: dict, tokenizer, 
         eval_prompts = [{"prompt": p} for p in unique.values()]
     report = {
         "name": data.name,
-        "source": f"{data.name} ({data.source})" if data.get("source") else data.name,
+        "source": f"{data.name} ({data.source})" if data.source else data.name,
         "rows": {"train": len(splits[data.train_split]) + bad_rows[data.train_split],
                  "test": len(splits[data.test_split]) + bad_rows[data.test_split] if has_test else 0},
         "layout": layout,

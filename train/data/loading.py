@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
 
+from train.config.schema import DataConfig
 from train.core.errors import ConfigError
 from train.core.files import memoized_sha256
 from train.core.paths import looks_like_local_path
@@ -86,11 +86,11 @@ def load_files(fmt: str, files: list[str], split: str, skipped: dict) -> "datase
         builder_log.setLevel(level)
 
 
-def read_source(data: DictConfig) -> tuple[dict[str, "datasets.Dataset"], dict[str, list[str]]]:  # noqa: F821
+def read_source(data: DataConfig) -> tuple[dict[str, "datasets.Dataset"], dict[str, list[str]]]:  # noqa: F821
     """(split name -> native rows (a datasets.Dataset), each capped at data.max_rows; split name -> where
     lines that could not be parsed were: lines.py left them out, the report counts them)."""
     skipped: dict = {}
-    if OmegaConf.is_missing(data, "source") or data.source is None:
+    if data.source is None:
         raise ConfigError(f"data.source is required by data={data.name}: give a hub id, a file or a directory")
     source = str(data.source)
     try:
@@ -137,11 +137,11 @@ def describe(err: BaseException) -> str:
     return line(err) if root is err else f"{line(err)} <- {line(root)}"
 
 
-def fingerprint(data: DictConfig, memo_dir: Path) -> list:
+def fingerprint(data: DataConfig, memo_dir: Path) -> list:
     """What identifies the source's content for the caches: a hub id as given (its revision is in the config);
     local files as split -> their sha256s in reading order, memoized by size and mtime under `memo_dir`. Never
     the path: a copied or moved source hits the same caches, a changed file misses."""
-    source = None if OmegaConf.is_missing(data, "source") else data.source
+    source = data.source
     if source is None or not Path(str(source)).expanduser().exists():
         return [source]
     return [[split, [memoized_sha256(Path(f), memo_dir) for f in files]]

@@ -16,6 +16,7 @@ and tokenization run once per (data config, tokenizer, max_length): the result i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from trl import DPOConfig, SFTConfig
 
+from train.config.schema import MainConfig
 from train.core.errors import ConfigError
 from train.core.files import read_json, remove_orphans, sha256_file, write_jsonl
 from train.core.ranks import is_main_process
@@ -63,12 +65,12 @@ def check_config(cfg: DictConfig) -> None:
     """The data group's choices, against the registries that define them (sources)."""
     if cfg.data.name == "synthetic" and cfg.data.synthetic is None:
         raise ConfigError("data.synthetic is required by data=synthetic: restore it from conf/data/synthetic.yaml")
-    resolve_options(cfg.data)
+    resolve_options(OmegaConf.to_object(cfg.data))
 
 
-def generate_synthetic(cfg: DictConfig, root: Path) -> dict[str, str]:
+def generate_synthetic(cfg: MainConfig, root: Path) -> dict[str, str]:
     """Write the generated task as jsonl files, once per (seed, sizes); returns split -> file."""
-    spec = OmegaConf.to_container(cfg.data.synthetic)
+    spec = dataclasses.asdict(cfg.data.synthetic)
     key = hashlib.sha256(json.dumps({**spec, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     directory = root / f"synthetic-{key}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ def generate_synthetic(cfg: DictConfig, root: Path) -> dict[str, str]:
     return files
 
 
-def read_native(cfg: DictConfig) -> tuple[dict, dict]:
+def read_native(cfg: MainConfig) -> tuple[dict, dict]:
     """(split -> native rows: the generated task, or the configured source through the datasets library;
     split -> where lines of the source did not parse)."""
     if cfg.data.name == "synthetic":
@@ -98,10 +100,10 @@ def read_native(cfg: DictConfig) -> tuple[dict, dict]:
     return read_source(cfg.data)
 
 
-def trainer_lengths(cfg: DictConfig) -> dict:
+def trainer_lengths(cfg: MainConfig) -> dict:
     """max_length and truncation of the run's trainers (TRL's own defaults where the config is silent)."""
     def setting(stage: str, config_cls, key: str):
-        args = cfg[stage].args
+        args = getattr(cfg, stage).args
         return args[key] if key in args else config_cls.__dataclass_fields__[key].default
 
     return {
@@ -120,20 +122,20 @@ def tokenizer_identity(tokenizer) -> Optional[str]:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-def hash_memo_dir(cfg: DictConfig) -> Path:
+def hash_memo_dir(cfg: MainConfig) -> Path:
     """Where the sha256s of local source and model files are memoized (swept with the rest of data/)."""
     return Path(cfg.output_root) / "data" / "sha256"
 
 
-def data_identity(cfg: DictConfig) -> dict:
+def data_identity(cfg: MainConfig) -> dict:
     """The data config as cache keys see it: data.source by content when it is local, so a copied or moved
     source keeps its prepared data and its SFT model; a hub id stays as given."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = dataclasses.asdict(cfg.data)
     data["source"] = fingerprint(cfg.data, hash_memo_dir(cfg))
     return data
 
 
-def cache_key(cfg: DictConfig, tokenizer, lengths: dict) -> str:
+def cache_key(cfg: MainConfig, tokenizer, lengths: dict) -> str:
     code = sorted((p.name, p.read_bytes()) for p in Path(__file__).parent.glob("*.py"))  # a converter edit invalidates
     inputs = {
         "data": data_identity(cfg),
@@ -145,7 +147,7 @@ def cache_key(cfg: DictConfig, tokenizer, lengths: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def prepare(cfg: DictConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
+def prepare(cfg: MainConfig, tokenizer=None) -> tuple[dict[str, str], dict]:
     """Convert, validate and write the four splits once; returns (split -> jsonl file, report).
 
     A file lock, not a collective barrier: ranks waiting for a large dataset to be converted sit in
@@ -187,7 +189,7 @@ def read_split(path: str, split: str):
     return datasets.load_dataset("json", data_files=path, split="train")
 
 
-def load_preference_data(cfg: DictConfig, tokenizer=None) -> PreferenceData:
+def load_preference_data(cfg: MainConfig, tokenizer=None) -> PreferenceData:
     """The single entry point: prints the validation report, stops above data.max_drop_fraction."""
     files, report = prepare(cfg, tokenizer)
     if is_main_process():

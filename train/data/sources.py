@@ -6,14 +6,14 @@ them, and a key the converter does not know is refused (a typo would otherwise b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
 
-from train.config.schema import ColumnsSpec, RankingSpec
+from train.config.schema import ColumnsSpec, DataConfig, RankingSpec
 from train.core.errors import ConfigError
 from train.data import chat, converters, custom
 from train.data.ranking import STRATEGIES
@@ -53,10 +53,10 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-def resolve_options(data: DictConfig) -> dict[str, Any]:
+def resolve_options(data: DataConfig) -> dict[str, Any]:
     """data.options over the source's defaults, plus data.ranking and data.columns where the source reads them."""
     source = get_source(data.name)
-    given = OmegaConf.to_container(data.options, resolve=True) if data.get("options") is not None else {}
+    given = copy.deepcopy(data.options) if data.options is not None else {}
     for key in given:
         if key not in source.options:
             close = difflib.get_close_matches(key, source.options, n=1)
@@ -68,7 +68,7 @@ def resolve_options(data: DictConfig) -> dict[str, Any]:
         if opts[key] not in allowed:
             raise ConfigError(f"data.options.{key}={opts[key]}: choose one of {', '.join(allowed)}")
     for key, defaults, used in (("ranking", RANKING_DEFAULTS, source.ranked), ("columns", DEFAULT_COLUMNS, source.uses_columns)):
-        given = {**defaults, **(OmegaConf.to_container(data[key], resolve=True) if data.get(key) is not None else {})}
+        given = {**defaults, **(dataclasses.asdict(getattr(data, key)) if getattr(data, key) is not None else {})}
         if used:
             opts[key] = given
         elif given != defaults:  # silently ignoring a setting would look like it took effect

@@ -22,20 +22,21 @@ from train.core.errors import ConfigError
 from train.core.files import read_json
 from train.core.paths import looks_like_local_path
 from train.config.choices import Reference
+from train.config.schema import LoraSpec, MainConfig, ModelConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_DIR = "adapter"  # next to merged full weights: sft/<key>/adapter/, policy/adapter/ with dpo.lora.merge
 ALL_LINEAR = "all-linear"  # peft's shorthand for every linear layer but the output head (TRL's lora_target_modules too)
 
 
-def lora_config(spec: DictConfig) -> LoraConfig:
+def lora_config(spec: LoraSpec) -> LoraConfig:
     targets = list(spec.target_modules)
     # peft honours the shorthand only as a plain string; in a list it would look for a module named "all-linear".
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else targets, task_type="CAUSAL_LM")
 
 
-def active_lora_specs(cfg: DictConfig) -> dict[str, DictConfig]:
+def active_lora_specs(cfg: MainConfig) -> dict[str, LoraSpec]:
     """The LoRA settings this run trains with, by config key."""
     specs = {}
     if cfg.sft.enabled and cfg.sft.lora.enabled:
@@ -63,7 +64,7 @@ def check_lora_settings(cfg: DictConfig) -> None:
                               f"e.g. [q_proj,v_proj] or [{ALL_LINEAR}]")
 
 
-def check_target_modules(cfg: DictConfig, base_path: str) -> None:
+def check_target_modules(cfg: MainConfig, base_path: str) -> None:
     """Every target module name exists in the model: peft fails only when none matches, so a misspelt name
     among good ones was silently left without adapters. The model is built on the meta device (no weights)."""
     specs = active_lora_specs(cfg)
@@ -123,7 +124,7 @@ def load_merged(adapter_dir: str | Path, dtype: str, attn_implementation: str, t
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
-def merge_adapter(adapter_dir: Path, out_dir: Path, model_cfg: DictConfig) -> Path:
+def merge_adapter(adapter_dir: Path, out_dir: Path, model_cfg: ModelConfig) -> Path:
     """Merged full weights and the tokenizer written to `out_dir`, loadable by AutoModelForCausalLM. Main process
     only, from the saved adapter: under ZeRO-3 save_model has already gathered it from every rank."""
     # With a trainer's ZeRO-3 config still registered, from_pretrained would partition the base with zero.Init

@@ -23,6 +23,7 @@ from train.core.paths import looks_like_local_path
 from train.data import JUDGES
 from train.models.loading import resolve_chat_template
 from train.config.choices import JudgeKind
+from train.config.schema import JudgeConfig
 
 
 
@@ -85,7 +86,7 @@ def check_config(cfg: DictConfig) -> None:
         check_reward_model_settings(judge)
 
 
-def check_reward_model_settings(judge: DictConfig, key: str = "judge") -> None:
+def check_reward_model_settings(judge: JudgeConfig, key: str = "judge") -> None:
     """Reads no file: a local name_or_path is a directory, and sizes that can score anything."""
     if not judge.name_or_path:
         return
@@ -97,14 +98,14 @@ def check_reward_model_settings(judge: DictConfig, key: str = "judge") -> None:
                           "must be >= 1 and >= 2")
 
 
-def check_reward_model(cfg: DictConfig) -> None:
+def check_reward_model(judge: JudgeConfig, conversational: bool) -> None:
     """Before training, what would otherwise fail at evaluation, after it: the reward model's config (one
     label) and tokenizer (a chat template for chat data). Reads no weights."""
-    if cfg.judge.kind == JudgeKind.reward_model:
-        check_reward_model_spec(cfg.judge, cfg.data.conversational)
+    if judge.kind == JudgeKind.reward_model:
+        check_reward_model_spec(judge, conversational)
 
 
-def check_reward_model_spec(judge: DictConfig, conversational: bool, key: str = "judge") -> None:
+def check_reward_model_spec(judge: JudgeConfig, conversational: bool, key: str = "judge") -> None:
     """check_reward_model for any group holding JudgeConfig's fields (judge, labeler); `key` names it in errors."""
     if not judge.name_or_path:  # conf/<group>/reward_model.yaml's `???` leaves the schema's null in place
         raise ConfigError(f"{key}.name_or_path is required by {key}=reward_model: give a reward model directory or "
@@ -121,7 +122,7 @@ def check_reward_model_spec(judge: DictConfig, conversational: bool, key: str = 
     load_judge_tokenizer(judge, conversational, key)
 
 
-def load_judge_tokenizer(judge: DictConfig, conversational: bool, key: str = "judge"):
+def load_judge_tokenizer(judge: JudgeConfig, conversational: bool, key: str = "judge"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(judge.name_or_path, revision=judge.revision,
                                                   trust_remote_code=judge.trust_remote_code)
@@ -140,17 +141,17 @@ def load_judge_tokenizer(judge: DictConfig, conversational: bool, key: str = "ju
     return tokenizer
 
 
-def load_judge(cfg: DictConfig, device: torch.device, progress: bool = False) -> Optional[Judge]:
+def load_judge(judge: JudgeConfig, conversational: bool, device: torch.device,
+               progress: bool = False) -> Optional[Judge]:
     """The configured judge (None for judge=none); a reward model is loaded whole onto `device`."""
-    judge = cfg.judge
     if judge.kind == JudgeKind.none:
         return None
     if judge.kind in JUDGES:
         return RuleJudge(JUDGES[judge.kind])
-    return load_reward_model(judge, cfg.data.conversational, device, progress)
+    return load_reward_model(judge, conversational, device, progress)
 
 
-def load_reward_model(judge: DictConfig, conversational: bool, device: torch.device, progress: bool = False,
+def load_reward_model(judge: JudgeConfig, conversational: bool, device: torch.device, progress: bool = False,
                       key: str = "judge", desc: str = "eval: judging") -> RewardModelJudge:
     """A reward model from any group holding JudgeConfig's fields (judge, labeler), loaded whole onto `device`."""
     tokenizer = load_judge_tokenizer(judge, conversational, key)
@@ -162,11 +163,11 @@ def load_reward_model(judge: DictConfig, conversational: bool, device: torch.dev
     return RewardModelJudge(model, tokenizer, judge.batch_size, judge.max_length, progress, desc)
 
 
-def describe(cfg: DictConfig) -> Optional[str]:
+def describe(judge: JudgeConfig) -> Optional[str]:
     """The judge as results.json names it: its kind, and for a reward model what was loaded."""
-    if cfg.judge.kind == JudgeKind.none:
+    if judge.kind == JudgeKind.none:
         return None
-    return f"reward_model:{cfg.judge.name_or_path}" if cfg.judge.kind == JudgeKind.reward_model else str(cfg.judge.kind)
+    return f"reward_model:{judge.name_or_path}" if judge.kind == JudgeKind.reward_model else str(judge.kind)
 
 
 def first_line(err: Exception) -> str:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from train.config.choices import LabelerKind
+from train.config.schema import LabelerConfig
 from train.core.errors import ConfigError
 from train.data import JUDGES
 from train.data.ranking import STRATEGIES, candidate_pairs, prefers
@@ -31,7 +32,7 @@ MODEL_KINDS = (LabelerKind.none, LabelerKind.reward_model, LabelerKind.annotatio
 MORE_SPREAD = "raise generate.num_samples or the sampling temperature, or use another labeler (labeler=...)"
 
 
-def kind_of(labeler: DictConfig) -> LabelerKind:
+def kind_of(labeler: LabelerConfig) -> LabelerKind:
     """labeler.kind as the Enum (a composed config holds the member; a plain dict may hold its value)."""
     kind = labeler.kind
     try:
@@ -43,32 +44,36 @@ def kind_of(labeler: DictConfig) -> LabelerKind:
 
 def check_config(cfg: DictConfig) -> None:
     """The labeler group, without reading any file: a kind that can label, and reward_model's sizes."""
-    kind = kind_of(cfg.labeler)
+    check_settings(cfg.labeler)
+
+
+def check_settings(labeler: LabelerConfig) -> None:
+    kind = kind_of(labeler)
     if kind not in MODEL_KINDS and kind.value not in JUDGES:  # an Enum member without a rule behind it
         raise ConfigError(f"labeler.kind={kind.value}: no such rule in train/data JUDGES "
                           f"({', '.join(JUDGES)}); pick another labeler")
     if kind == LabelerKind.reward_model:
-        check_reward_model_settings(cfg.labeler, "labeler")
+        check_reward_model_settings(labeler, "labeler")
 
 
-def check_labeler(cfg: DictConfig) -> None:
+def check_labeler(labeler: LabelerConfig, conversational: bool) -> None:
     """At the start of on-policy rounds, before any sampling: a labeler that can label, and for a reward model
     its config (one label) and tokenizer (a chat template for chat data). Reads no weights."""
-    check_config(cfg)
-    kind = kind_of(cfg.labeler)
+    check_settings(labeler)
+    kind = kind_of(labeler)
     if kind == LabelerKind.none:
         raise ConfigError("labeler=none: on-policy rounds need labels for their answers; pick labeler=reward_model "
                           "(with labeler.name_or_path) or labeler=sentiment")
     if kind == LabelerKind.reward_model:
-        check_reward_model_spec(cfg.labeler, cfg.data.conversational, "labeler")
+        check_reward_model_spec(labeler, conversational, "labeler")
 
 
-def load_labeler(cfg: DictConfig, device: torch.device, progress: bool = False) -> Judge:
+def load_labeler(labeler: LabelerConfig, conversational: bool, device: torch.device, progress: bool = False) -> Judge:
     """The configured labeler (check_labeler first); a reward model is loaded whole onto `device`."""
-    check_labeler(cfg)
-    kind = kind_of(cfg.labeler)
+    check_labeler(labeler, conversational)
+    kind = kind_of(labeler)
     if kind == LabelerKind.reward_model:
-        return load_reward_model(cfg.labeler, cfg.data.conversational, device, progress, key="labeler",
+        return load_reward_model(labeler, conversational, device, progress, key="labeler",
                                  desc="labeling answers")
     return RuleJudge(JUDGES[kind.value])
 

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 import torch
 import transformers
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from train import seams
+from train.config.schema import ModelConfig
 from train.core.errors import ConfigError
 from train.data import synthetic
 from train.models.adapters import is_adapter, load_merged
 from train.models.tiny import build_tiny_model, check_build_target
 
 
-def ensure_base_model(cfg: DictConfig) -> str:
+def ensure_base_model(model: ModelConfig) -> str:
     """The base model's path or hub id; the embedded tiny model is built there first if needed."""
-    if cfg.model.tiny is None:
-        return cfg.model.name_or_path
-    spec = OmegaConf.to_container(cfg.model.tiny)
+    if model.tiny is None:
+        return model.name_or_path
+    spec = dataclasses.asdict(model.tiny)
     # Built from its spec alone (fixed seed 0), like a downloaded model: changing the run's seed must
     # not rebuild the weights at the same path under runs that already use them.
-    return str(build_tiny_model(Path(cfg.model.name_or_path), spec, synthetic.corpus(0), seed=0))
+    return str(build_tiny_model(Path(model.name_or_path), spec, synthetic.corpus(0), seed=0))
 
 
 def check_model_directory(model: DictConfig) -> None:
@@ -62,20 +64,21 @@ def resolve_chat_template(value: str) -> str:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
 
 
-def load_tokenizer(cfg: DictConfig, path: str):
+def load_tokenizer(model: ModelConfig, path: str, conversational: bool):
+    """The tokenizer at `path`, with model.chat_template when set; chat data (`conversational`) needs a template."""
     if Path(path).is_dir() and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
         raise ConfigError(f"model {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy them "
                           "from the model it was trained from (tokenizer.save_pretrained(<dir>))")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+            path, revision=model.revision, trust_remote_code=model.trust_remote_code
         )
     except (OSError, ValueError) as err:  # hub unreachable, gated, or files the library cannot read
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"model {path}: could not load its tokenizer ({first})") from err
-    if cfg.model.chat_template is not None:
-        tokenizer.chat_template = resolve_chat_template(cfg.model.chat_template)
-    if cfg.data.conversational and tokenizer.chat_template is None:
+    if model.chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(model.chat_template)
+    if conversational and tokenizer.chat_template is None:
         raise ConfigError(
             f"model {path} has no chat template but data.conversational=true: set model.chat_template or data.conversational=false"
         )
@@ -112,22 +115,22 @@ def check_attention(model: DictConfig) -> None:
                           f"transformers {transformers.__version__}; use model.attn_implementation={other}")
 
 
-def load_model(cfg: DictConfig, path: str):
+def load_model(model: ModelConfig, path: str):
     """A full model from `path`; a LoRA adapter directory is loaded onto its base (the absolute path pinned
     in adapter_config.json, train/models/adapters.py) and merged."""
     try:
         if is_adapter(path):
-            return load_merged(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+            return load_merged(path, model.dtype, model.attn_implementation, model.trust_remote_code)
         return AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=cfg.model.dtype,
-            attn_implementation=cfg.model.attn_implementation,
-            trust_remote_code=cfg.model.trust_remote_code,
+            dtype=model.dtype,
+            attn_implementation=model.attn_implementation,
+            trust_remote_code=model.trust_remote_code,
         )
     except ImportError as err:  # e.g. flash-attn installed but no CUDA GPU on this machine
-        if cfg.model.attn_implementation not in FLASH_PACKAGES:
+        if model.attn_implementation not in FLASH_PACKAGES:
             raise
-        raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation} cannot run here "
+        raise ConfigError(f"model.attn_implementation={model.attn_implementation} cannot run here "
                           f"({str(err).splitlines()[0]}); {USE_SDPA}") from None
 
 

@@ -15,9 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from train.config.onpolicy_schema import GenerateConfig
+from train.config.schema import MainConfig
 from train.core.errors import ConfigError
 from train.core.files import read_json, write_json, write_jsonl
 from train.core.ranks import is_main_process
@@ -33,11 +34,11 @@ ANSWERS, LABELS = "answers", "labels"
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt")
 
 
-def resolve_models(cfg: DictConfig, policy: Path, sft: Path, base: str) -> list[tuple[str, str]]:
+def resolve_models(generate: GenerateConfig, policy: Path, sft: Path, base: str) -> list[tuple[str, str]]:
     """(name, path) of each generate.models entry: `policy` (the model being tuned), `sft`, `base`, or a path to a
     model directory, a checkpoint, or a finished run (its policy/). A path without weights is one line, at start."""
     out = []
-    for entry in cfg.generate.models:
+    for entry in generate.models:
         entry = str(entry)
         if entry in ("policy", "sft", "base"):
             out.append((entry, str({"policy": policy, "sft": sft, "base": base}[entry])))
@@ -54,7 +55,7 @@ def resolve_models(cfg: DictConfig, policy: Path, sft: Path, base: str) -> list[
     return out
 
 
-def settings(cfg: DictConfig, models: list[tuple[str, str]], prompts: list, round_index: int) -> dict:
+def settings(cfg: MainConfig, models: list[tuple[str, str]], prompts: list, round_index: int) -> dict:
     """What the answers depend on; answers written under other settings are not reused."""
     g = cfg.generate
     return {"round": round_index, "seed": cfg.seed, "models": [name for name, _ in models],
@@ -88,14 +89,14 @@ def my_chunks(count: int, rank: int, world: int) -> list[int]:
     return list(range(rank, count, world))
 
 
-def generate_answers(cfg: DictConfig, models: list[tuple[str, str]], prompts: list, round_dir: Path,
+def generate_answers(cfg: MainConfig, models: list[tuple[str, str]], prompts: list, round_dir: Path,
                      round_index: int) -> list[dict]:
     """Every answer of the round, in (model, prompt, sample) order, on every rank: {prompt_id, prompt, model, sample,
     answer, tokens, stopped, round}."""
     # Sampling loads whole models on every rank; with a trainer's ZeRO-3 config still registered, from_pretrained
     # would partition them with zero.Init and wait forever for the other ranks (as evaluation does).
     unset_hf_deepspeed_config()
-    rank, world, device = join_process_group(cfg)
+    rank, world, device = join_process_group(cfg.faults)
     start_fresh_if_changed(round_dir, settings(cfg, models, prompts, round_index))
     g, size = cfg.generate, cfg.generate.chunk_prompts
     chunks = (len(prompts) + size - 1) // size
@@ -103,12 +104,12 @@ def generate_answers(cfg: DictConfig, models: list[tuple[str, str]], prompts: li
         todo = [c for c in my_chunks(chunks, rank, world) if not chunk_file(round_dir, ANSWERS, name, c).exists()]
         if not todo:
             continue
-        tokenizer = load_tokenizer(cfg, path)
-        model = load_model(cfg, path).to(device).eval()
+        tokenizer = load_tokenizer(cfg.model, path, cfg.data.conversational)
+        model = load_model(cfg.model, path).to(device).eval()
         base_seed = answer_seed(cfg.seed, round_index, model_index)
         for chunk in todo:
             low, high = chunk * size, min(len(prompts), (chunk + 1) * size)
-            texts = render_prompts(tokenizer, [as_chat(p, cfg) for p in prompts[low:high]], cfg.data.conversational)
+            texts = render_prompts(tokenizer, [as_chat(p, cfg.data.conversational) for p in prompts[low:high]], cfg.data.conversational)
             answers = sample_answers(model, tokenizer, texts, g.num_samples,
                                      lambda i, j: answer_seed(base_seed, low + i, j), g.max_new_tokens,
                                      g.temperature, g.top_p, g.batch_size)
@@ -124,15 +125,15 @@ def generate_answers(cfg: DictConfig, models: list[tuple[str, str]], prompts: li
     return read_chunks(round_dir, ANSWERS, models, chunks)
 
 
-def label_answers(cfg: DictConfig, models: list[tuple[str, str]], num_prompts: int, round_dir: Path) -> list[float]:
+def label_answers(cfg: MainConfig, models: list[tuple[str, str]], num_prompts: int, round_dir: Path) -> list[float]:
     """The labeler's score of every answer, in generate_answers' order (each rank labels its own chunks)."""
     unset_hf_deepspeed_config()
-    rank, world, device = join_process_group(cfg)
+    rank, world, device = join_process_group(cfg.faults)
     chunks = (num_prompts + cfg.generate.chunk_prompts - 1) // cfg.generate.chunk_prompts
     todo = [(name, c) for name, _ in models for c in my_chunks(chunks, rank, world)
             if not chunk_file(round_dir, LABELS, name, c).exists()]
     if todo:
-        labeler = load_labeler(cfg, device, progress=is_main_process())
+        labeler = load_labeler(cfg.labeler, cfg.data.conversational, device, progress=is_main_process())
         for name, chunk in todo:
             rows = [json.loads(line) for line in chunk_file(round_dir, ANSWERS, name, chunk).read_text().splitlines()]
             scores = score_answers(labeler, [{"prompt": r["prompt"], "text": r["answer"]} for r in rows])
@@ -153,9 +154,9 @@ def read_chunks(round_dir: Path, kind: str, models: list[tuple[str, str]], chunk
     return rows
 
 
-def as_chat(prompt, cfg: DictConfig):
+def as_chat(prompt, conversational: bool):
     """A text prompt from a prompt file or template, as the data group presents prompts (chat: one user turn)."""
-    if cfg.data.conversational and isinstance(prompt, str):
+    if conversational and isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return prompt
 

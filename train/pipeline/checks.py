@@ -7,7 +7,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from train import data
+from train.config.schema import MainConfig
 from train.config.validate import validate
+from train.core.errors import ConfigError
 from train.memory.gate import check_memory_plan
 from train.models import adapters, judges
 from train.models.loading import check_attention, check_model_directory, resolve_chat_template
@@ -34,8 +36,17 @@ def check_config(cfg: DictConfig) -> StartPlan:
     if cfg.model.chat_template is not None:
         resolve_chat_template(cfg.model.chat_template)
     check_push_to_hub(cfg)
-    check_memory_plan(cfg)  # last: on GPUs only, before any weights load
-    return StartPlan(stage_args, beta.schedule(cfg.beta), layout)
+    check_memory_plan(cfg)  # on GPUs only, before any weights load
+    return StartPlan(stage_args, beta.schedule(cfg.beta), layout, *converted(cfg))
+
+
+def converted(cfg: DictConfig) -> tuple[MainConfig, dict]:
+    """The checked config as the schema's dataclasses, and as the resolved container the run writes; both once."""
+    try:
+        return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # e.g. an interpolation that names a key the config lacks
+        raise ConfigError(f"the config does not resolve: {str(err).splitlines()[0]}; fix or remove that "
+                          "setting") from err
 
 
 # The configs this process has checked, by content. The entry point checks every combination of a multirun

@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from train.config.choices import Reference
+from train.config.schema import MainConfig
 from train.console.banners import announce_training
 from train.core.files import mark_complete
 from train.core.memory import peak_rss_mb
@@ -21,24 +20,25 @@ from train.pipeline.results import DPOResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import tracking
 from train.runtime.distributed import gather_rank_figures, local_numel, setup_process_group
-from train.pipeline.checks import start_plan
 from train.trainer.builders import build_dpo_trainer, reference_forward, release
+from train.trainer.start_plan import StartPlan
 from train.trainer.throughput import ThroughputCallback
 
 
-def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Path, wandb_run,
+def run_dpo(plan: StartPlan, reference: Path, data: PreferenceData, run_dir: Path, wandb_run,
             start_from: Path | None = None) -> DPOResult:
     """DPO from `start_from` (default: the reference itself, the SFT model) against `reference`."""
-    start = time.perf_counter()
+    cfg, start = plan.config, time.perf_counter()
     start_from = start_from or reference
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
-    trainer = build_dpo_trainer(cfg, str(start_from), data, load_tokenizer(cfg, str(start_from)), run_dir / "dpo",
+    tokenizer = load_tokenizer(cfg.model, str(start_from), cfg.data.conversational)
+    trainer = build_dpo_trainer(plan, str(start_from), data, tokenizer, run_dir / "dpo",
                                 {**extra, "report_to": tracking.report_to(wandb_run, cfg.dpo.args.get("report_to"))},
-                                reference_path=str(reference), plan=start_plan(cfg))
+                                reference_path=str(reference))
     # The reference forward is part of each step unless its log-probs were precomputed (train/models/flops.py).
     announce_training("dpo", cfg, trainer, len(data.train_pairs))
-    ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg))
-    resume_from = train_resumably(cfg, trainer, run_signature(cfg, trainer, data.content_fingerprint()), run_dir, wandb_run)
+    ThroughputCallback.attach(trainer, "dpo", reference_forward=reference_forward(cfg.dpo))
+    resume_from = train_resumably(cfg, trainer, run_signature(cfg.seed, trainer, data.content_fingerprint()), run_dir, wandb_run)
     held_out = trainer.evaluate()
     policy_dir = run_dir / "policy"
     merge = cfg.dpo.reference == Reference.lora and cfg.dpo.lora.merge
@@ -63,13 +63,13 @@ def run_dpo(cfg: DictConfig, reference: Path, data: PreferenceData, run_dir: Pat
         bad_steps=trainer.bad_steps_total,
         runtime_s=runtime_s,
         distributed=distributed,
-        wandb=tracking.run_info(wandb_run, cfg),
+        wandb=tracking.run_info(wandb_run, cfg.wandb),
     )
     release(trainer)  # before evaluation loads whole models
     return result
 
 
-def finish_policy(cfg: DictConfig, policy_dir: Path, reference: Path, merge: bool) -> None:
+def finish_policy(cfg: MainConfig, policy_dir: Path, reference: Path, merge: bool) -> None:
     """A LoRA policy names its base (the reference) by absolute path, so it loads after the run directory moves;
     with dpo.lora.merge, policy/ holds merged full weights and the adapter moves to policy/adapter/."""
     if cfg.dpo.reference == Reference.lora:
@@ -80,7 +80,7 @@ def finish_policy(cfg: DictConfig, policy_dir: Path, reference: Path, merge: boo
     mark_complete(policy_dir)
 
 
-def distributed_summary(cfg: DictConfig, trainer) -> dict:
+def distributed_summary(cfg: MainConfig, trainer) -> dict:
     """World size, machines, ZeRO stage, reference placement, and what each rank actually held."""
     state = trainer.accelerator.state
     figures = {

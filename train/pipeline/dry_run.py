@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from train.config.choices import Stage
 from train.console.banners import optimizer_steps, plan_warnings
 from train.core.ranks import world_size
 from train.data import PreferenceData
 from train.data.validation import token_ids
 from train.models.loading import count_parameters, load_model, load_tokenizer
-from train.pipeline.checks import start_plan
 from train.pipeline.sft import sft_output_dir
+from train.trainer.start_plan import StartPlan
 
 TOKEN_BATCH = 512
 
@@ -29,10 +27,11 @@ def token_count(tokenizer, dataset, responses: tuple[str, ...], conversational: 
     return total
 
 
-def dry_run(cfg: DictConfig, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
-    tokenizer = load_tokenizer(cfg, base_path)
-    model = load_model(cfg, base_path)
-    checked = start_plan(cfg).args  # the settings as the start check built them: batch sizes, steps, max_length
+def dry_run(plan: StartPlan, base_path: str, data: PreferenceData, run_dir: Path) -> dict:
+    cfg = plan.config
+    tokenizer = load_tokenizer(cfg.model, base_path, cfg.data.conversational)
+    model = load_model(cfg.model, base_path)
+    checked = plan.args  # the settings as the start check built them: batch sizes, steps, max_length
     sft_args, dpo_args = checked["sft"], checked["dpo"]
     processes, conversational = world_size(), cfg.data.conversational
     summary = {

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
-from omegaconf import DictConfig
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from train.config.schema import FaultsConfig, MainConfig
 from train.core.files import write_jsonl
 from train.core.ranks import is_main_process, world_size
 from train.data import PreferenceData
@@ -28,19 +28,19 @@ from train.pipeline.results import EvalResult
 from train.runtime.distributed import gather_rank_figures, is_distributed, setup_process_group
 
 
-def run_eval(cfg: DictConfig, policy_path: Path, reference_path: Path, data: PreferenceData, run_dir: Path) -> EvalResult:
+def run_eval(cfg: MainConfig, policy_path: Path, reference_path: Path, data: PreferenceData, run_dir: Path) -> EvalResult:
     # Evaluation loads whole models on every rank; with the trainer's ZeRO-3 config still registered,
     # from_pretrained would partition them with zero.Init and wait forever for the other ranks.
     unset_hf_deepspeed_config()
     start = time.perf_counter()
-    rank, world, device = join_process_group(cfg)
+    rank, world, device = join_process_group(cfg.faults)
     prompts = data.eval_prompts["prompt"][: cfg.eval.num_prompts]
     if is_main_process():
-        print(eval_banner(len(prompts), world, cfg.eval.max_new_tokens, cfg.eval.temperature, judges.describe(cfg)),
+        print(eval_banner(len(prompts), world, cfg.eval.max_new_tokens, cfg.eval.temperature, judges.describe(cfg.judge)),
               flush=True)
     low, high = shard_bounds(len(prompts), rank, world)
     records = sample_share(cfg, policy_path, reference_path, prompts[low:high], list(range(low, high)), device)
-    judge = judges.load_judge(cfg, device, progress=is_main_process())
+    judge = judges.load_judge(cfg.judge, cfg.data.conversational, device, progress=is_main_process())
     pair_scores = []
     if judge is not None:
         judge_records(judge, records, prompts)
@@ -50,7 +50,7 @@ def run_eval(cfg: DictConfig, policy_path: Path, reference_path: Path, data: Pre
     pair_scores = [s for share in gather_rank_figures(pair_scores) for s in share]
     assert [r["index"] for r in records] == list(range(len(prompts)))
     agreement = win_rate(*zip(*pair_scores)) if pair_scores else None
-    metrics = {**eval_metrics(records, agreement), "judge": judges.describe(cfg)}
+    metrics = {**eval_metrics(records, agreement), "judge": judges.describe(cfg.judge)}
     if is_main_process():
         write_jsonl(run_dir / "eval_samples.jsonl", records)
         if abs(metrics["kl_to_reference"]) < 1e-6 and all(x["policy"] == x["reference"] for x in records):
@@ -60,14 +60,14 @@ def run_eval(cfg: DictConfig, policy_path: Path, reference_path: Path, data: Pre
                       runtime_s=time.perf_counter() - start)
 
 
-def join_process_group(cfg: DictConfig) -> tuple[int, int, torch.device]:
+def join_process_group(faults: FaultsConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device) for evaluation. After DPO the trainer's process group is up; stage=eval on its
     own trains nothing, so under a multi-process launch it joins the group here (CPU: the gloo workaround of
     train/runtime/distributed.py; GPU: accelerate's own nccl setup). Each rank evaluates on its local GPU."""
     if world_size() > 1 and not is_distributed():
-        setup_process_group(use_deepspeed=False, timeout_s=cfg.faults.collective_timeout_s)
+        setup_process_group(use_deepspeed=False, timeout_s=faults.collective_timeout_s)
         if not is_distributed():
-            PartialState(timeout=timedelta(seconds=cfg.faults.collective_timeout_s))
+            PartialState(timeout=timedelta(seconds=faults.collective_timeout_s))
     if not is_distributed():
         rank, world = 0, 1
     else:
@@ -76,19 +76,19 @@ def join_process_group(cfg: DictConfig) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def sample_share(cfg: DictConfig, policy_path: Path, reference_path: Path, prompts: list, indices: list[int],
+def sample_share(cfg: MainConfig, policy_path: Path, reference_path: Path, prompts: list, indices: list[int],
                  device: torch.device) -> list[dict]:
     """This rank's prompts sampled from policy and reference, one model in memory at a time: the policy samples and
     scores its own samples, is freed, then the reference scores them and samples. A GPU holds one whole model for
     evaluation, not two (an 8B pair in bf16: 16 GB, not 32)."""
-    tokenizer = load_tokenizer(cfg, str(policy_path))
+    tokenizer = load_tokenizer(cfg.model, str(policy_path), cfg.data.conversational)
     texts = render_prompts(tokenizer, prompts, cfg.data.conversational)
     args = (cfg.eval.max_new_tokens, cfg.eval.temperature)
-    policy = load_model(cfg, str(policy_path)).to(device).eval()
+    policy = load_model(cfg.model, str(policy_path)).to(device).eval()
     batches = sample_policy(policy, tokenizer, texts, indices, *args, cfg.eval.batch_size, cfg.seed,
                             progress=is_main_process())
     free(policy)
-    reference = load_model(cfg, str(reference_path)).to(device).eval()
+    reference = load_model(cfg.model, str(reference_path)).to(device).eval()
     records = sample_reference(reference, tokenizer, batches, *args, progress=is_main_process())
     free(reference)
     return records

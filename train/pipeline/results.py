@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
 
 from train.core.files import read_json, write_json
 from train.config.choices import Stage
+from train.config.schema import MainConfig
 
 RESULTS = "results.json"
 
@@ -63,11 +64,11 @@ class EvalResult:
     runtime_s: float
 
 
-def start_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def start_results(cfg: MainConfig, run_dir: Path) -> dict[str, Any]:
     """A stage run on its own (stage=dpo|eval|reward) adds to the run's results; stage=all|sft starts afresh."""
     results = read_json(run_dir / RESULTS, {}) if cfg.stage in (Stage.dpo, Stage.eval, Stage.reward) else {}
     results.setdefault("runtime_s", {})
-    results.update(beta=cfg.beta.value, beta_schedule=OmegaConf.to_container(cfg.beta), experiment=cfg.experiment)
+    results.update(beta=cfg.beta.value, beta_schedule=dataclasses.asdict(cfg.beta), experiment=cfg.experiment)
     return results
 
 

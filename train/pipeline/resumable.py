@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
+from train.config.schema import MainConfig
 
 from train.core.errors import Preempted
 from train.core.files import append_jsonl
@@ -16,7 +16,7 @@ from train.runtime.preemption import CheckpointedForPreemption, PreemptionCallba
 from train.trainer.checkpoint import CompleteCheckpointCallback, find_resume_checkpoint
 
 
-def train_resumably(cfg: DictConfig, trainer, signature: dict, run_dir: Path, wandb_run,
+def train_resumably(cfg: MainConfig, trainer, signature: dict, run_dir: Path, wandb_run,
                     extra_callbacks: tuple = ()) -> Optional[Path]:
     """Train to the end from the newest complete checkpoint (returned; None: from the start), or, after a
     signal's checkpoint, stop the job (raises Preempted). Callback order matters: `extra_callbacks` (SFT's
@@ -41,18 +41,18 @@ def train_resumably(cfg: DictConfig, trainer, signature: dict, run_dir: Path, wa
     return resume_from
 
 
-def run_signature(cfg: DictConfig, trainer, data_fingerprint: str) -> dict:
+def run_signature(seed: int, trainer, data_fingerprint: str) -> dict:
     """What a resumed run must share with the run that saved the checkpoint."""
     args, world = trainer.args, trainer.accelerator.num_processes
     return {
         "world_size": world,
         "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
-        "seed": cfg.seed,
+        "seed": seed,
         "data": data_fingerprint,
     }
 
 
-def resume_checkpoint(cfg: DictConfig, trainer, signature: dict) -> Optional[Path]:
+def resume_checkpoint(cfg: MainConfig, trainer, signature: dict) -> Optional[Path]:
     if not cfg.resume.enabled:
         return None
     found = find_resume_checkpoint(Path(trainer.args.output_dir), signature, cfg.resume.allow_changes,

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from train.config.schema import JudgeConfig
+from train.config.choices import JudgeKind
+from train.config.schema import JudgeConfig, MainConfig
 from train.console.banners import announce_training
 from train.core.files import COMPLETE, mark_complete
 from train.core.ranks import is_main_process
@@ -32,9 +32,9 @@ from train.pipeline.resumable import run_signature, train_resumably
 from train.pipeline.sft import keep_run_id, require_model, run_sft
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
-from train.pipeline.checks import start_plan
 from train.trainer.builders import build_reward_trainer, release
 from train.trainer.checkpoint import prune_at_end
+from train.trainer.start_plan import StartPlan
 
 REWARD_MODEL_DIR = "reward_model"  # <run dir>/reward_model/: the classifier and its tokenizer
 WORK_DIR = "reward"  # <run dir>/reward/: the stage's checkpoints
@@ -57,39 +57,39 @@ class RewardResult:
                                               "start_model", "train", "resumed_from", "wandb")}
 
 
-def run_reward_stage(cfg: DictConfig, resolved: dict, base_path: str, sft_path: Path, data: PreferenceData,
+def run_reward_stage(plan: StartPlan, base_path: str, sft_path: Path, data: PreferenceData,
                      run_dir: Path, run_name: str, results: dict) -> RewardResult:
     """SFT if its cache lacks the model (recorded in results only when trained here or not yet recorded, so a
     finished run's SFT history stays), then the reward model; results gets `reward` and runtime_s.reward."""
-    sft = run_sft(cfg, resolved, base_path, sft_path, data, run_dir)  # skipped with sft.enabled=false; reused if cached
+    cfg = plan.config
+    sft = run_sft(plan, base_path, sft_path, data, run_dir)  # skipped with sft.enabled=false; reused if cached
     if sft.runtime_s is not None or "sft" not in results:
         add_sft(results, sft)
     start = str(require_model(sft_path, "sft")) if cfg.sft.enabled else base_path
-    reward = train_reward_model(cfg, resolved, start, data, run_dir, run_name)
+    reward = train_reward_model(plan, start, data, run_dir, run_name)
     results["reward"] = reward.record()
     results["runtime_s"]["reward"] = reward.runtime_s
     return reward
 
 
-def train_reward_model(cfg: DictConfig, resolved: dict, start: str, data: PreferenceData, run_dir: Path,
+def train_reward_model(plan: StartPlan, start: str, data: PreferenceData, run_dir: Path,
                        run_name: str) -> RewardResult:
-    began = time.perf_counter()
+    cfg, began = plan.config, time.perf_counter()
     work, out = run_dir / WORK_DIR, run_dir / REWARD_MODEL_DIR
     if is_main_process():
         (out / COMPLETE).unlink(missing_ok=True)  # trained again: unfinished until saved and scored
     # A resumed stage continues its W&B run, as SFT does; the id is kept next to the checkpoints.
-    wandb_run = tracking.start_run(cfg, resolved, run_dir, "reward", f"reward-{run_name}",
-                                   tracking.stored_run_id(work, cfg))
+    wandb_run = tracking.start_run(cfg, plan.resolved, run_dir, "reward", f"reward-{run_name}",
+                                   tracking.stored_run_id(work, cfg.resume))
     keep_run_id(work, wandb_run)
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
-    trainer = build_reward_trainer(cfg, start, data, load_tokenizer(cfg, start), work,
-                                   {**extra, "report_to": tracking.report_to(wandb_run, cfg.reward.args.get("report_to"))},
-                                   plan=start_plan(cfg))
+    trainer = build_reward_trainer(plan, start, data, load_tokenizer(cfg.model, start, cfg.data.conversational), work,
+                                   {**extra, "report_to": tracking.report_to(wandb_run, cfg.reward.args.get("report_to"))})
     announce_training("reward", cfg, trainer, len(trainer.train_dataset))
     warn_dropped(len(data.train_pairs), len(trainer.train_dataset), trainer.args.max_length)
     faults.set_stage("reward")  # tests: injected faults name the stage they are for (sigterm:4@reward)
     try:
-        signature = run_signature(cfg, trainer, data.content_fingerprint())
+        signature = run_signature(cfg.seed, trainer, data.content_fingerprint())
         resume_from = train_resumably(cfg, trainer, signature, run_dir, wandb_run)
     finally:
         faults.set_stage("dpo")
@@ -104,7 +104,7 @@ def train_reward_model(cfg: DictConfig, resolved: dict, start: str, data: Prefer
     result = RewardResult(path=str(out), held_out_accuracy=accuracy, num_pairs=len(data.test_pairs),
                           steps=trainer.state.global_step, runtime_s=time.perf_counter() - began, start_model=start,
                           train=last_step_record(trainer), resumed_from=str(resume_from) if resume_from else None,
-                          wandb=tracking.run_info(wandb_run, cfg))
+                          wandb=tracking.run_info(wandb_run, cfg.wandb))
     if accuracy is not None:
         tracking.log_summary(wandb_run, {"final/held_out_accuracy": accuracy, "final/num_pairs": result.num_pairs})
         # Quoted for the shell and for Hydra: run directory names hold `=` (outputs/runs/beta.value=0.2).
@@ -129,14 +129,14 @@ def warn_dropped(given: int, kept: int, max_length: Optional[int]) -> None:
               f"{max_length} tokens and are left out by TRL; raise reward.args.max_length to keep them", flush=True)
 
 
-def held_out_accuracy(cfg: DictConfig, model_dir: Path, pairs, device: torch.device) -> float:
+def held_out_accuracy(cfg: MainConfig, model_dir: Path, pairs, device: torch.device) -> float:
     """Share of held-out pairs the saved reward model ranks right (ties half), scored as judge=reward_model scores:
     the directory loaded by the judge's loader, prompt + response rendered with the saved tokenizer's template."""
     # With a trainer's ZeRO-3 config still registered, from_pretrained would partition the model across ranks that
     # are not loading it.
     unset_hf_deepspeed_config()
-    judge_cfg = OmegaConf.structured(JudgeConfig(kind="reward_model", name_or_path=str(model_dir),
-                                                 trust_remote_code=cfg.model.trust_remote_code))
+    judge_cfg = JudgeConfig(kind=JudgeKind.reward_model, name_or_path=str(model_dir),
+                            trust_remote_code=cfg.model.trust_remote_code)
     judge = load_reward_model(judge_cfg, cfg.data.conversational, device, desc="reward: scoring held-out pairs")
     rows, count = pairs[:], len(pairs)  # columns as lists
     responses = [response_text(r) for r in rows["chosen"] + rows["rejected"]]

@@ -12,14 +12,14 @@ resumes from its chunk files and its DPO checkpoint. The last round's policy is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from train.config.choices import GenerateKind, LabelerKind, Reference, RoundReference, Stage
-from train.config.schema import ColumnsSpec
+from train.config.onpolicy_schema import GenerateConfig
+from train.config.schema import ColumnsSpec, LabelerConfig, MainConfig
 from train.core.errors import AwaitingLabels, ConfigError
 from train.core.files import is_complete, mark_complete, read_json, write_json, write_jsonl
 from train.core.ranks import is_main_process, world_size
@@ -33,25 +33,26 @@ from train.pipeline.dpo import run_dpo
 from train.pipeline.evaluate import run_eval
 from train.runtime import tracking
 from train.runtime.distributed import barrier
+from train.trainer.start_plan import StartPlan
 
 PAIRS = "pairs"
 
 
-def on_policy(cfg: DictConfig) -> bool:
-    return cfg.generate.kind == GenerateKind.on_policy
+def on_policy(generate: GenerateConfig) -> bool:
+    return generate.kind == GenerateKind.on_policy
 
 
-def check_rounds(cfg: DictConfig, data: PreferenceData) -> None:
+def check_rounds(cfg: MainConfig, data: PreferenceData) -> None:
     """At start, before any model is trained: settings, the labeler (its config, no weights), the prompt sources
     (read now: a failing query or an empty file stops here) and the model paths given. One line each."""
-    if not on_policy(cfg):
+    if not on_policy(cfg.generate):
         return
     g = cfg.generate
     for key, least in (("rounds", 1), ("num_samples", 2), ("max_new_tokens", 1), ("batch_size", 1),
                        ("chunk_prompts", 1)):
-        if g[key] < least:
+        if getattr(g, key) < least:
             why = ": a pair needs two answers to one prompt" if key == "num_samples" else ""
-            raise ConfigError(f"generate.{key}={g[key]}: must be at least {least}{why}")
+            raise ConfigError(f"generate.{key}={getattr(g, key)}: must be at least {least}{why}")
     if g.temperature < 0 or not 0 < g.top_p <= 1:
         raise ConfigError(f"generate.temperature={g.temperature} / generate.top_p={g.top_p}: need temperature >= 0 "
                           "and 0 < top_p <= 1")
@@ -60,9 +61,9 @@ def check_rounds(cfg: DictConfig, data: PreferenceData) -> None:
                           "full weights; use dpo.reference=model or dpo.reference=precomputed")
     if not cfg.dpo.enabled or cfg.stage not in (Stage.all, Stage.dpo):
         return
-    check_labeler(cfg)
+    check_labeler(cfg.labeler, cfg.data.conversational)
     select_prompts(g.prompts, data_prompts(data), cfg.seed + 1, where="generate.prompts")
-    resolve_models(cfg, Path("policy"), Path("sft"), "base")  # the paths given; policy/sft/base exist by then
+    resolve_models(cfg.generate, Path("policy"), Path("sft"), "base")  # the paths given; policy/sft/base exist by then
 
 
 def data_prompts(data: PreferenceData) -> list:
@@ -76,18 +77,18 @@ def data_prompts(data: PreferenceData) -> list:
     return out
 
 
-def run_rounds(cfg: DictConfig, sft: Path, base: str, data: PreferenceData, run_dir: Path, wandb_run) -> list[dict]:
+def run_rounds(plan: StartPlan, sft: Path, base: str, data: PreferenceData, run_dir: Path, wandb_run) -> list[dict]:
     """Every round in order; one record per round (the last one's `dpo` and `eval` are the run's)."""
     records = []
     policy = sft
-    total = cfg.generate.rounds
+    total = plan.config.generate.rounds
     for k in range(1, total + 1):
         round_dir = run_dir / "rounds" / f"round-{k}"
         if is_complete(round_dir) and isinstance(read_json(round_dir / "round.json"), dict):
             record = read_json(round_dir / "round.json")
             print(f"== round {k}/{total}: finished before; its policy is {round_dir / 'policy'} ==", flush=True)
         else:
-            record = run_round(cfg, k, policy, sft, base, data, round_dir, wandb_run)
+            record = run_round(plan, k, policy, sft, base, data, round_dir, wandb_run)
         records.append(record)
         policy = round_dir / "policy"
         tracking.log_summary(wandb_run, {f"rounds/{k}/{key}": v for key, v in record.items()
@@ -101,11 +102,12 @@ def run_rounds(cfg: DictConfig, sft: Path, base: str, data: PreferenceData, run_
     return records
 
 
-def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data: PreferenceData, round_dir: Path,
+def run_round(plan: StartPlan, k: int, policy: Path, sft: Path, base: str, data: PreferenceData, round_dir: Path,
               wandb_run) -> dict:
+    cfg = plan.config
     total, g = cfg.generate.rounds, cfg.generate
     prompts, prompt_report = select_prompts(g.prompts, data_prompts(data), cfg.seed + k, where="generate.prompts")
-    models = resolve_models(cfg, policy, sft, base)
+    models = resolve_models(g, policy, sft, base)
     source = "the SFT model" if k == 1 else f"round {k - 1}'s policy"
     names = ", ".join(source if name == "policy" else name for name, _ in models)
     if is_main_process():
@@ -115,7 +117,7 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
             print(line, flush=True)
     answers = generate_answers(cfg, models, prompts, round_dir, k)
     if cfg.labeler.kind == LabelerKind.annotations:  # people label: the pairs come from train.annotate import
-        pairs, counts, empty = annotated_pairs(cfg, round_dir, k), {}, 0
+        pairs, counts, empty = annotated_pairs(round_dir, k), {}, 0
         made = f"pairs: {len(pairs)} imported from {round_dir / ANNOTATIONS}"
     else:
         scores = label_answers(cfg, models, len(prompts), round_dir)
@@ -126,19 +128,20 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
     chosen = sum(p["score_chosen"] for p in pairs) / len(pairs)
     rejected = sum(p["score_rejected"] for p in pairs) / len(pairs)
     if is_main_process():
-        print(f"labels: {labeler_name(cfg)} on {made}; mean score chosen {chosen:.3f} / rejected {rejected:.3f}",
+        print(f"labels: {labeler_name(cfg.labeler)} on {made}; mean score chosen {chosen:.3f} / rejected {rejected:.3f}",
               flush=True)
         (round_dir / PAIRS).mkdir(parents=True, exist_ok=True)
         write_pairs(round_dir / PAIRS, pairs, data)
     barrier()
-    round_data = load_round_data(cfg, round_dir / PAIRS, data, load_tokenizer(cfg, str(policy)))
+    round_data = load_round_data(cfg, round_dir / PAIRS, data,
+                                 load_tokenizer(cfg.model, str(policy), cfg.data.conversational))
     reference = sft if k == 1 or g.reference == RoundReference.sft else policy
-    dpo = run_dpo(cfg, reference, round_data, round_dir, wandb_run, start_from=policy)
+    dpo = run_dpo(plan, reference, round_data, round_dir, wandb_run, start_from=policy)
     evaluation = run_eval(cfg, round_dir / "policy", sft, data, round_dir) if cfg.eval.enabled else None
     metrics = evaluation.metrics if evaluation else {}
     record = {"round": k, "prompts": len(prompts), "answers": len(answers), "empty_answers": empty, "pairs": len(pairs),
               "tied_prompts": counts.get("tied_prompts"), "ties_skipped": counts.get("ties_skipped"),
-              "labeler": labeler_name(cfg), "label_mean_chosen": chosen, "label_mean_rejected": rejected,
+              "labeler": labeler_name(cfg.labeler), "label_mean_chosen": chosen, "label_mean_rejected": rejected,
               "judge_reward": metrics.get("judge_reward"), "kl_to_sft": metrics.get("kl_to_reference"),
               "win_rate_vs_sft": metrics.get("win_rate_vs_reference"),
               "held_out_accuracy": dpo.held_out.get("rewards/accuracies"), "dpo_steps": dpo.steps,
@@ -156,7 +159,7 @@ def run_round(cfg: DictConfig, k: int, policy: Path, sft: Path, base: str, data:
 ANNOTATIONS = "annotations"
 
 
-def annotated_pairs(cfg: DictConfig, round_dir: Path, k: int) -> list[dict]:
+def annotated_pairs(round_dir: Path, k: int) -> list[dict]:
     """labeler=annotations: the pairs `python -m train.annotate import ... out=<round dir>/annotations` wrote; until
     they exist the run stops (exit 75) saying what to run, and the same command then continues this round."""
     path = round_dir / ANNOTATIONS / "train.jsonl"
@@ -189,9 +192,9 @@ def group_answers(answers: list[dict], scores: list[float]) -> tuple[list[dict],
     return list(groups.values()), empty
 
 
-def labeler_name(cfg: DictConfig) -> str:
-    kind = cfg.labeler.kind
-    return f"reward_model:{cfg.labeler.name_or_path}" if kind == LabelerKind.reward_model else str(kind)
+def labeler_name(labeler: LabelerConfig) -> str:
+    kind = labeler.kind
+    return f"reward_model:{labeler.name_or_path}" if kind == LabelerKind.reward_model else str(kind)
 
 
 def write_pairs(directory: Path, pairs: list[dict], data: PreferenceData) -> None:
@@ -201,14 +204,14 @@ def write_pairs(directory: Path, pairs: list[dict], data: PreferenceData) -> Non
     write_jsonl(directory / "test.jsonl", [dict(row) for row in data.test_pairs])
 
 
-def load_round_data(cfg: DictConfig, pairs_dir: Path, data: PreferenceData, tokenizer) -> PreferenceData:
+def load_round_data(cfg: MainConfig, pairs_dir: Path, data: PreferenceData, tokenizer) -> PreferenceData:
     """The round's pairs through the same validation as any custom file (token checks against dpo.args.max_length,
     duplicates, the report); SFT rows and evaluation prompts stay the data group's."""
-    round_cfg = OmegaConf.merge(cfg, {"data": {"name": "custom", "source": str(pairs_dir.resolve()), "subset": None,
-                                               "data_dir": None, "revision": None, "train_split": "train",
-                                               "test_split": "test", "sft_split": None, "eval_split": None,
-                                               "max_rows": None, "options": {}, "synthetic": None,
-                                               "columns": OmegaConf.structured(ColumnsSpec)}})
+    round_data = dataclasses.replace(cfg.data, name="custom", source=str(pairs_dir.resolve()), subset=None,
+                                     data_dir=None, revision=None, train_split="train", test_split="test",
+                                     sft_split=None, eval_split=None, max_rows=None, synthetic=None,
+                                     columns=ColumnsSpec())
+    round_cfg = dataclasses.replace(cfg, data=round_data)
     try:
         paired = load_preference_data(round_cfg, tokenizer)
     except ConfigError as err:

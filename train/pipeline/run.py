@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from train.config.choices import Stage
+from train.config.schema import MainConfig
 from train.console.summary import print_settings, print_summary
 from train.core.errors import ConfigError
 from train.core.files import COMPLETE, is_complete, mark_complete, read_json, write_json
 from train.core.locks import hold_exclusive
 from train.core.ranks import is_main_process, num_machines
 from train.core.trees import flatten
-from train.data import load_preference_data
+from train.data import PreferenceData, load_preference_data
 from train.memory.offload import check_offload_memory
 from train.models.adapters import check_target_modules
 from train.models.judges import check_reward_model
@@ -32,58 +33,65 @@ from train.runtime import tracking
 from train.runtime.run_output import keep_log
 from train.runtime.safe_load import enforce_weights_only
 from train.trainer.checkpoint import checkpoints, prune_at_end
+from train.trainer.start_plan import StartPlan
 
 
 def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     # Before anything is written: a failed start leaves earlier runs untouched. Checked once per process: the
-    # entry point's check of this config, when it made one; the stages take what it built from there.
-    start_plan(cfg)
-    enforce_weights_only(cfg.deepspeed.config is not None)  # before any file is unpickled, on every rank
-    if not cfg.dry_run and finished(cfg, run_dir):
+    # entry point's check of this config, when it made one; from here on the run reads the plan's typed config.
+    plan = start_plan(cfg)
+    config, resolved = plan.config, plan.resolved
+    enforce_weights_only(config.deepspeed.config is not None)  # before any file is unpickled, on every rank
+    if not config.dry_run and finished(config, resolved, run_dir):
         done = read_json(run_dir / "results.json")
         if not isinstance(done, dict):
             raise ConfigError(f"{run_dir} is marked finished but has no results.json: train it again with "
                               "resume.enabled=false")
         print_summary(done, run_dir, checkpoints(run_dir / "dpo"))
         return done
-    print_settings(cfg, run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    base_path = ensure_base_model(cfg)
-    check_target_modules(cfg, base_path)  # LoRA layer names, against the model's own (its config, no weights)
-    check_offload_memory(resolved["deepspeed"]["config"], base_path, cfg.model.trust_remote_code, num_machines())
-    data = load_preference_data(cfg, load_tokenizer(cfg, base_path))
-    check_reward_model(cfg)  # its config and tokenizer now, not after training (no weights read)
-    check_rounds(cfg, data)  # on-policy rounds: labeler, prompt sources, models given
-    if cfg.dry_run:
-        return dry_run(cfg, base_path, data, run_dir)
+    print_settings(config, run_dir)
+    base_path = ensure_base_model(config.model)
+    check_target_modules(config, base_path)  # LoRA layer names, against the model's own (its config, no weights)
+    check_offload_memory(config.deepspeed.config, base_path, config.model.trust_remote_code, num_machines())
+    data = load_preference_data(config, load_tokenizer(config.model, base_path, config.data.conversational))
+    check_reward_model(config.judge, config.data.conversational)  # its config and tokenizer now (no weights read)
+    check_rounds(config, data)  # on-policy rounds: labeler, prompt sources, models given
+    if config.dry_run:
+        return dry_run(plan, base_path, data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir)
     keep_log(run_dir)  # the run has its directory: what it printed so far, and from now on, into run.log
-    if cfg.stage == Stage.all and is_main_process():
+    if config.stage == Stage.all and is_main_process():
         (run_dir / COMPLETE).unlink(missing_ok=True)  # trained again (resume.enabled=false): unfinished until the end
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     if data.report and is_main_process():
         write_json(run_dir / "data_report.json", data.report)
+    return run_stages(plan, base_path, data, run_dir, run_name)
 
+
+def run_stages(plan: StartPlan, base_path: str, data: PreferenceData, run_dir: Path, run_name: str) -> dict[str, Any]:
+    """The stages `stage` asks for, each handed what it reads of the plan's config; results.json at the end."""
+    cfg, resolved = plan.config, plan.resolved
     results = start_results(cfg, run_dir)
     sft_path = sft_output_dir(cfg)
     if cfg.stage in (Stage.all, Stage.sft):
-        add_sft(results, run_sft(cfg, resolved, base_path, sft_path, data, run_dir))
+        add_sft(results, run_sft(plan, base_path, sft_path, data, run_dir))
     if cfg.stage == Stage.reward:  # not part of stage=all: SFT (trained or reused), then the reward model
-        run_reward_stage(cfg, resolved, base_path, sft_path, data, run_dir, run_name, results)
+        run_reward_stage(plan, base_path, sft_path, data, run_dir, run_name, results)
     wandb_run = None
     # With SFT off, DPO starts from the base model itself, which is then also the reference.
     reference = require_model(sft_path, "sft") if cfg.sft.enabled else base_path
     if cfg.stage in (Stage.all, Stage.dpo) and cfg.dpo.enabled:
         # A restarted run (requeue, rerun) continues its W&B run: the id is kept in the run directory.
-        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name, tracking.stored_run_id(run_dir, cfg))
+        wandb_run = tracking.start_run(cfg, resolved, run_dir, "dpo", run_name,
+                                       tracking.stored_run_id(run_dir, cfg.resume))
         tracking.log_summary(wandb_run, {f"data/{k}": v for k, v in flatten(data.report).items()})
-        if on_policy(cfg):  # the rounds evaluate each policy they train: the last one is the run's
-            add_rounds(results, run_rounds(cfg, reference, base_path, data, run_dir, wandb_run))
+        if on_policy(cfg.generate):  # the rounds evaluate each policy they train: the last one is the run's
+            add_rounds(results, run_rounds(plan, reference, base_path, data, run_dir, wandb_run))
             tracking.log_summary(wandb_run, final_metrics(results))
         else:
-            add_dpo(results, run_dpo(cfg, reference, data, run_dir, wandb_run))
-    evaluated = on_policy(cfg) and cfg.stage in (Stage.all, Stage.dpo)
+            add_dpo(results, run_dpo(plan, reference, data, run_dir, wandb_run))
+    evaluated = on_policy(cfg.generate) and cfg.stage in (Stage.all, Stage.dpo)
     if cfg.stage in (Stage.all, Stage.eval) and cfg.dpo.enabled and cfg.eval.enabled and not evaluated:
         evaluation = run_eval(cfg, require_model(run_dir / "policy", "dpo"), reference, data, run_dir)
         add_eval(results, evaluation)
@@ -100,12 +108,12 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str) -> dict[str, Any]:
     return results
 
 
-def finished(cfg: DictConfig, run_dir: Path) -> bool:
+def finished(cfg: MainConfig, resolved: Mapping[str, Any], run_dir: Path) -> bool:
     """A finished run is left as it is: rerunning it used to "resume" from its last checkpoint, train nothing
     and overwrite results.json with less. Training it again is an explicit choice (resume.enabled=false)."""
     if cfg.stage != Stage.all or not cfg.resume.enabled or not is_complete(run_dir):
         return False
-    changes = config_changes(run_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
+    changes = config_changes(run_dir / "config.yaml", dict(resolved))
     if changes:
         listed = [f"{key} {old} -> {new}" for key, (old, new) in changes.items()]
         shown = ", ".join(listed[:MAX_CHANGES_SHOWN]) + (f" and {len(listed) - MAX_CHANGES_SHOWN} more"

@@ -13,14 +13,14 @@ holds it merged into full weights, so DPO and every later stage load a plain mod
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
+from train.config.schema import MainConfig
 from train.console.banners import announce_training
 from train.core.errors import ConfigError
 from train.core.files import is_complete, mark_complete, memoized_sha256, remove_orphans
@@ -33,17 +33,17 @@ from train.pipeline.results import SFTResult
 from train.pipeline.resumable import last_logged, run_signature, train_resumably
 from train.runtime import faults, tracking
 from train.runtime.distributed import setup_process_group
-from train.pipeline.checks import start_plan
 from train.trainer.builders import build_sft_trainer, release
 from train.trainer.checkpoint import NoCheckpointAtEnd, remove_checkpoints
+from train.trainer.start_plan import StartPlan
 from train.trainer.throughput import ThroughputCallback
 
 
-def sft_output_dir(cfg: DictConfig) -> Path:
+def sft_output_dir(cfg: MainConfig) -> Path:
     """SFT output keyed by everything that determines it, so a beta sweep trains SFT once and shares it.
     Local model and data paths enter by content: a moved output root (the tiny model lives under it) or a
     copied model or data directory still finds its SFT model."""
-    sft = OmegaConf.to_container(cfg.sft, resolve=True)
+    sft = dataclasses.asdict(cfg.sft)
     if not sft["lora"]["enabled"]:
         del sft["lora"]  # unused settings: full fine-tuning keeps the key it had before sft.lora existed
     inputs = {"model": model_identity(cfg), "data": data_identity(cfg), "sft": sft}
@@ -52,10 +52,10 @@ def sft_output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_root).resolve() / "sft" / key
 
 
-def model_identity(cfg: DictConfig) -> dict:
+def model_identity(cfg: MainConfig) -> dict:
     """The model config with a local name_or_path as its files' sha256s (memoized by size and mtime, so a
     large model is read once per location); a hub id stays as given, its revision is in the config."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = dataclasses.asdict(cfg.model)
     path = Path(str(model["name_or_path"])).expanduser()
     if path.is_dir():
         memo = hash_memo_dir(cfg)
@@ -71,8 +71,8 @@ def require_model(path: Path, stage: str) -> Path:
     raise ConfigError(f"no finished {stage} model at {path}: run stage={stage} (or stage=all) first")
 
 
-def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: PreferenceData,
-            run_dir: Path) -> SFTResult:
+def run_sft(plan: StartPlan, base_path: str, out: Path, data: PreferenceData, run_dir: Path) -> SFTResult:
+    cfg = plan.config
     if not cfg.sft.enabled:
         return SFTResult(path=base_path, skipped=True)
     if is_complete(out):
@@ -82,19 +82,18 @@ def run_sft(cfg: DictConfig, resolved: dict, base_path: str, out: Path, data: Pr
     work = out.with_name(out.name + ".tmp")
     remove_orphans(out.parent, claim=work)  # interrupted SFT outputs, kept while a live run claims them
     # A resumed SFT continues its W&B run, as DPO does; the id is kept next to the checkpoints.
-    wandb_run = tracking.start_run(cfg, resolved, out.parent, "sft", f"sft-{out.name}",
-                                   tracking.stored_run_id(work, cfg))
+    wandb_run = tracking.start_run(cfg, plan.resolved, out.parent, "sft", f"sft-{out.name}",
+                                   tracking.stored_run_id(work, cfg.resume))
     keep_run_id(work, wandb_run)
     extra = setup_process_group(cfg.deepspeed.config is not None, cfg.faults.collective_timeout_s)
-    trainer = build_sft_trainer(cfg, base_path, data, load_tokenizer(cfg, base_path), work,
-                                {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))},
-                                plan=start_plan(cfg))
+    trainer = build_sft_trainer(plan, base_path, data, load_tokenizer(cfg.model, base_path, cfg.data.conversational),
+                                work, {**extra, "report_to": tracking.report_to(wandb_run, cfg.sft.args.get("report_to"))})
     announce_training("sft", cfg, trainer, len(data.sft))
     ThroughputCallback.attach(trainer, "sft")  # tokens/s, rows/s, MFU, peak memory at each logging step
     faults.set_stage("sft")  # tests: injected faults name the stage they are for
     try:
         # DPO's signature with the SFT rows as the data; model, sft settings and seed are in the key of `work`.
-        signature = run_signature(cfg, trainer, data.content_fingerprint("sft"))
+        signature = run_signature(cfg.seed, trainer, data.content_fingerprint("sft"))
         resume_from = train_resumably(cfg, trainer, signature, run_dir, wandb_run, (NoCheckpointAtEnd(),))
     finally:
         faults.set_stage("dpo")

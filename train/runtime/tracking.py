@@ -7,11 +7,11 @@ import netrc
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
 import wandb
-from omegaconf import DictConfig
+from train.config.schema import MainConfig, ResumeConfig, WandbConfig
 
 from train.core.cli import EXIT_STOPPED
 from train.core.ranks import is_main_process
@@ -42,7 +42,7 @@ def _reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def resolve_mode(cfg_wandb: DictConfig) -> tuple[str, str]:
+def resolve_mode(cfg_wandb: WandbConfig) -> tuple[str, str]:
     """(mode, reason). `auto` never waits on the network for more than a few seconds."""
     if not cfg_wandb.enabled or cfg_wandb.mode == WandbMode.disabled:
         return "disabled", "wandb.enabled=false"
@@ -59,7 +59,7 @@ def resolve_mode(cfg_wandb: DictConfig) -> tuple[str, str]:
 
 
 def start_run(
-    cfg: DictConfig, resolved: dict, run_dir: Path, job_type: str, name: str, run_id: Optional[str] = None
+    cfg: MainConfig, resolved: Mapping[str, Any], run_dir: Path, job_type: str, name: str, run_id: Optional[str] = None
 ) -> Optional[Any]:
     """Start (or with `run_id`, continue) a W&B run on the main process; None elsewhere or when disabled."""
     mode, reason = resolve_mode(cfg.wandb)
@@ -100,9 +100,9 @@ def start_run(
 RUN_ID_FILE = "wandb_run_id"
 
 
-def stored_run_id(run_dir: Path, cfg: DictConfig) -> Optional[str]:
+def stored_run_id(run_dir: Path, resume: ResumeConfig) -> Optional[str]:
     path = run_dir / RUN_ID_FILE
-    return path.read_text().strip() if cfg.resume.enabled and path.exists() else None
+    return path.read_text().strip() if resume.enabled and path.exists() else None
 
 
 def report_to(run, others=None) -> list[str]:
@@ -112,12 +112,12 @@ def report_to(run, others=None) -> list[str]:
     return [n for n in others if n != "none"] + (["wandb"] if run is not None else [])
 
 
-def run_info(run, cfg: DictConfig) -> dict:
+def run_info(run, wandb_cfg: WandbConfig) -> dict:
     """What results.json records of the W&B run (None fields when W&B was off or this is not the main process)."""
     return {
         "run_id": run.id if run else None,
         "dir": str(Path(run.dir).parent) if run else None,
-        "project": cfg.wandb.project,
+        "project": wandb_cfg.project,
         "mode": None if run is None else "offline" if run.offline else "online",
     }
 

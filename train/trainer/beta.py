@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from train.core.errors import ConfigError
 from train.trainer.adaptive_beta import AdaptiveBeta
 from train.config.choices import BetaSchedule
+from train.config.schema import BetaConfig
 
 
 def constant(step: int, total: int, start: float, final: float | None, warmup: int) -> float:
@@ -53,7 +54,7 @@ class BetaSchedule:
         return SCHEDULES[self.schedule](step, total_steps, self.value, self.final, self.warmup_steps)
 
 
-def adaptive(beta: DictConfig, seed: int) -> AdaptiveBeta | None:
+def adaptive(beta: BetaConfig, seed: int) -> AdaptiveBeta | None:
     """The per-batch rule for beta=adaptive (None for the step schedules)."""
     if beta.schedule != ADAPTIVE:
         return None

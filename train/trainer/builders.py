@@ -8,24 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from trl import RewardTrainer, SFTTrainer
 
 from train import seams
 from train.config.choices import Reference, Stage
+from train.config.schema import DPOStageConfig
 from train.console.progress import ConsoleLogCallback
 from train.models.adapters import lora_config
 from train.models.loading import load_model
 from train.trainer import beta
 from train.trainer.dpo import ProjectDPOTrainer
-from train.trainer.start_plan import StartPlan, beta_schedule, stage_config
+from train.trainer.start_plan import StartPlan
 
 
-def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
-                      extra: dict[str, Any] | None = None, plan: StartPlan | None = None) -> SFTTrainer:
-    """`extra`: TrainingArguments set by the caller (process group, report_to, the benchmark's max_steps).
-    `plan`: what the start check built (train/pipeline/checks.py start_plan); None: built from `cfg` here."""
-    args = stage_config(cfg, Stage.sft, plan, output_dir, extra)
+def build_sft_trainer(plan: StartPlan, model_path: str, data, tokenizer, output_dir: Path,
+                      extra: dict[str, Any] | None = None) -> SFTTrainer:
+    """`plan`: what the start check built (train/pipeline/checks.py start_plan): the config and the checked
+    settings. `extra`: TrainingArguments set by the caller (process group, report_to, the benchmark's max_steps)."""
+    cfg = plan.config
+    args = plan.args[Stage.sft].build(output_dir, extra)
     # sft.lora trains adapters through TRL's peft_config, as dpo.reference=lora does; run_sft still publishes
     # full (merged) weights, because DPO loads its start and its reference by path.
     peft_config = lora_config(cfg.sft.lora) if cfg.sft.lora.enabled else None
@@ -36,14 +37,14 @@ def build_sft_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
     return trainer
 
 
-def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
-                      extra: dict[str, Any] | None = None, reference_path: str | None = None,
-                      plan: StartPlan | None = None) -> ProjectDPOTrainer:
+def build_dpo_trainer(plan: StartPlan, model_path: str, data, tokenizer, output_dir: Path,
+                      extra: dict[str, Any] | None = None, reference_path: str | None = None) -> ProjectDPOTrainer:
     """`reference_path`: a reference other than the start (on-policy rounds: start from the previous round's policy,
     keep the SFT model as reference); None: TRL loads the reference from `model_path`."""
-    args = stage_config(cfg, Stage.dpo, plan, output_dir, extra)
+    cfg = plan.config
+    args = plan.args[Stage.dpo].build(output_dir, extra)
     # Loaded after the DPOConfig, so under ZeRO-3 from_pretrained partitions it as TRL's own reference would be.
-    ref_model = load_model(cfg, reference_path) if reference_path not in (None, model_path) else None
+    ref_model = load_model(cfg.model, reference_path) if reference_path not in (None, model_path) else None
     trainer = ProjectDPOTrainer(
         model=model_path,  # TRL loads the reference from the same path: the SFT model, never a checkpoint
         ref_model=ref_model,
@@ -52,12 +53,12 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
         eval_dataset=data.test_pairs,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.dpo.lora) if cfg.dpo.reference == Reference.lora else None,
-        beta_schedule=beta_schedule(cfg, plan),
+        beta_schedule=plan.beta_schedule,
         adaptive_beta=beta.adaptive(cfg.beta, cfg.seed),
         max_bad_steps=cfg.faults.max_bad_steps,
         reference_cache_dir=Path(cfg.output_root).resolve() / "ref_cache",
         batching=cfg.dpo.batching,
-        resolved_layout=plan.layout if plan is not None else None,
+        resolved_layout=plan.layout,
     )
     ConsoleLogCallback.attach(trainer, "dpo")
     quiet_model_card(trainer)
@@ -65,12 +66,12 @@ def build_dpo_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_
 
 
 
-def build_reward_trainer(cfg: DictConfig, model_path: str, data, tokenizer, output_dir: Path,
-                         extra: dict[str, Any] | None = None, plan: StartPlan | None = None) -> RewardTrainer:
+def build_reward_trainer(plan: StartPlan, model_path: str, data, tokenizer, output_dir: Path,
+                         extra: dict[str, Any] | None = None) -> RewardTrainer:
     """TRL loads `model_path` (a causal LM: the SFT or base model) as AutoModelForSequenceClassification with one
     label, a new score head on top, and sets the pad token in its config (a classifier reads each row's last token
     by it). Full fine-tuning: the model saved is a plain classifier directory, as judge=reward_model loads one."""
-    args = stage_config(cfg, Stage.reward, plan, output_dir, extra)
+    args = plan.args[Stage.reward].build(output_dir, extra)
     trainer = RewardTrainer(model=model_path, args=args, train_dataset=data.train_pairs, eval_dataset=data.test_pairs,
                             processing_class=tokenizer)
     ConsoleLogCallback.attach(trainer, "reward")
@@ -89,9 +90,9 @@ def quiet_model_card(trainer) -> None:
     trainer.create_model_card = quiet
 
 
-def reference_forward(cfg: DictConfig) -> bool:
+def reference_forward(dpo: DPOStageConfig) -> bool:
     """Whether a DPO step also runs the reference forward (not when its log-probs were precomputed)."""
-    return cfg.dpo.reference != Reference.precomputed
+    return dpo.reference != Reference.precomputed
 
 
 def release(trainer) -> None:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from helpers.runs import refused_at_start
 from train.config.compose import CONFIG_DIR, compose
 from train.config.choices import Stage
-from train.config.trainer_args import trl_config
+from helpers.trainer_config import trl_config
 from train.config.validate import single_process_view
 from train.core.errors import ConfigError
 from train.memory.offload import check_offload_memory

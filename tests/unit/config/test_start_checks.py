@@ -17,6 +17,7 @@ from train.data import load_preference_data
 from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
 from train.pipeline.run import config_changes, run
+from helpers.typed import typed
 
 
 def refusal(overrides: list[str]) -> str:
@@ -63,7 +64,7 @@ def test_prompts_too_long_for_max_length_name_max_length_not_the_drop_limit(tmp_
     (the message used to say raise data.max_drop_fraction)."""
     cfg = compose([*TINY, f"output_root={tmp_path}", "dpo.args.max_length=6"])
     with pytest.raises(ConfigError) as err:
-        load_preference_data(cfg, load_tokenizer(cfg, ensure_base_model(cfg)))
+        load_preference_data(typed(cfg), load_tokenizer(cfg.model, ensure_base_model(typed(cfg).model), cfg.data.conversational))
     message = str(err.value)
     assert "prompt_too_long" in message and "\n" not in message
     assert "dpo.args.max_length=6" in message and message.endswith("raise dpo.args.max_length")

@@ -18,6 +18,7 @@ from train.console.libraries import filter_harmless_warnings
 from train.console.progress import format_log_line
 from train.console.summary import settings_lines, summary_lines
 from train.pipeline.run import run
+from helpers.typed import typed
 
 DPO_LOG = {"loss": 0.69314, "grad_norm": 0.6117, "learning_rate": 0.001, "beta": 0.1, "bad_steps": 0,
            "entropy": 4.107, "logits/chosen": -4.12, "rewards/accuracies": 0.75, "rewards/margins": 0.1234,
@@ -64,7 +65,7 @@ def test_stage_banners_say_what_runs_where_and_how_long():
 
 def test_settings_at_start_name_model_data_beta_reference_and_sharding(tmp_path):
     cfg = compose(["deepspeed=zero3_offload", "beta.value=0.2", "sft.enabled=false", f"output_root={tmp_path}"])
-    lines = settings_lines(cfg, tmp_path / "runs" / "x", processes=2, machines=1)
+    lines = settings_lines(typed(cfg), tmp_path / "runs" / "x", processes=2, machines=1)
     assert lines[0] == "== run: stage all on 2 processes (1 machine), ZeRO-3 with CPU offload =="
     text = "\n".join(lines)
     assert "tiny-llama (float32, sdpa)" in text and "data    synthetic (generated), judge sentiment" in text

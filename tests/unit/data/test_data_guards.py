@@ -13,6 +13,7 @@ from train.data.build import cut_long_texts, longest_token_chars
 from train.data.rows import ROLE_NAMES
 from train.data.validation import CHAT_ROLES, Tally, check_pair, token_ids
 from train.models.loading import ensure_base_model, load_tokenizer
+from helpers.typed import typed
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer(root):
     cfg = compose([f"output_root={root}"])
-    return load_tokenizer(cfg, ensure_base_model(cfg))
+    return load_tokenizer(cfg.model, ensure_base_model(typed(cfg).model), cfg.data.conversational)
 
 
 def test_every_chat_role_has_a_plain_rendering():
@@ -46,7 +47,7 @@ def test_unknown_roles_are_counted_and_dropped_end_to_end(root, tmp_path, tokeni
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}", "data.max_drop_fraction=0.5"])
-    files, report = prepare(cfg, tokenizer)
+    files, report = prepare(typed(cfg), tokenizer)
     assert report["dropped"]["malformed"] == 1
     kept = [json.loads(line) for name in ("train_pairs", "test_pairs") for line in open(files[name])]
     assert len(kept) == 39 and all(m["role"] in CHAT_ROLES for r in kept for m in r["prompt"])
@@ -80,7 +81,7 @@ def test_columns_that_do_not_match_the_file_are_named_with_what_it_has(root, tmp
     source.write_text("question,good,bad\n" + "".join(f"q{i},g{i},b{i}\n" for i in range(10)))
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={root}", "data.columns.prompt=question"])
     with pytest.raises(ConfigError) as err:
-        prepare(cfg, tokenizer)
+        prepare(typed(cfg), tokenizer)
     assert str(err.value) == (f"data=custom: {source} has no column(s) chosen, rejected (its columns: question, good, "
                               "bad); set data.columns.chosen=<column>, data.columns.rejected=<column>; or for two "
                               "responses and a label: data.columns.responses=[<column>,<column>] data.columns.preferred=<column>")

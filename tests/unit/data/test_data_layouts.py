@@ -15,6 +15,7 @@ from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import load_preference_data, prepare
 from train.data.custom import convert_custom, detect_base, preferred_index
+from helpers.typed import typed
 
 LABEL_COLUMNS = ["data.columns.prompt=question", "data.columns.responses=[response_a,response_b]",
                  "data.columns.preferred=preferred"]
@@ -26,7 +27,7 @@ QUESTIONS = [("what is two plus two", "four", "five"), ("name a colour", "green"
 def run_prepare(tmp_path, source, *overrides):
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={tmp_path / 'outputs'}", "data.test_split=null",
                    "data.test_fraction=0.01", *overrides])
-    files, report = prepare(cfg)
+    files, report = prepare(typed(cfg))
     pairs = [json.loads(line) for name in ("train_pairs", "test_pairs") for line in open(files[name])]
     return {p["prompt"][-1]["content"]: (p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs}, report
 
@@ -179,7 +180,7 @@ def test_too_many_unparsable_lines_stop_the_run_in_one_line(tmp_path):
     source.write_text(broken_jsonl(60, range(0, 60, 10)))
     cfg = compose(["data=custom", f"data.source={source}", f"output_root={tmp_path / 'outputs'}"])
     with pytest.raises(ConfigError) as err:
-        load_preference_data(cfg)
+        load_preference_data(typed(cfg))
     assert str(err.value) == ("data=custom: 6 of 60 pairs dropped (10.0% > data.max_drop_fraction=0.05): malformed 6; "
                               "fix the source or raise data.max_drop_fraction")
 

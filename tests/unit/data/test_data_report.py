@@ -11,6 +11,7 @@ from train.config.compose import compose
 from train.core.errors import ConfigError
 from train.data import load_preference_data, prepare
 from train.models.loading import ensure_base_model, load_tokenizer
+from helpers.typed import typed
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CUSTOM_COLUMNS = ["data.columns.prompt=instruction", "data.columns.chosen=better", "data.columns.rejected=worse"]
@@ -44,7 +45,7 @@ def config(root: Path, name: str, *overrides: str):
 @pytest.fixture(scope="module")
 def tokenizer(root):
     cfg = config(root, "synthetic")
-    return load_tokenizer(cfg, ensure_base_model(cfg))
+    return load_tokenizer(cfg.model, ensure_base_model(typed(cfg).model), cfg.data.conversational)
 
 
 def nonzero(counts: dict) -> dict:
@@ -59,7 +60,7 @@ def rows(path: str) -> list[dict]:
 def test_fixture_counts(name, root, tokenizer, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent.parent)  # data.source paths are relative to the repository
     overrides, n_train, n_test, dropped, filtered, fixed = EXPECTED[name]
-    files, report = prepare(config(root, name, *overrides), tokenizer)
+    files, report = prepare(typed(config(root, name, *overrides)), tokenizer)
     assert (report["pairs"]["train"], report["pairs"]["test"]) == (n_train, n_test)
     assert nonzero(report["dropped"]) == dropped
     assert nonzero(report["filtered"]) == filtered
@@ -78,11 +79,11 @@ def test_fixture_counts(name, root, tokenizer, monkeypatch):
 
 def test_chat_sources_keep_multi_turn_prompts(root, tokenizer, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent.parent)
-    files, _ = prepare(config(root, "hh_rlhf"), tokenizer)
+    files, _ = prepare(typed(config(root, "hh_rlhf")), tokenizer)
     multi = [p for p in rows(files["train_pairs"]) if len(p["prompt"]) > 1]
     assert multi and [m["role"] for m in multi[0]["prompt"]] == ["user", "assistant", "user"]
     assert multi[0]["prompt"][1]["content"] == "hello, how can i help?"
-    files, report = prepare(config(root, "ultrafeedback_binarized"), tokenizer)
+    files, report = prepare(typed(config(root, "ultrafeedback_binarized")), tokenizer)
     assert report["sft"] == {"source": "train_sft", "rows": 2, "dropped": {**report["sft"]["dropped"], "malformed": 1}}
     sft = rows(files["sft"])
     assert sft[0]["completion"] == [{"role": "assistant", "content": "Soft rain on the roof / the garden drinks in silence / puddles hold the sky"}]
@@ -90,17 +91,17 @@ def test_chat_sources_keep_multi_turn_prompts(root, tokenizer, monkeypatch):
 
 def test_plain_text_renders_chat_as_transcript(root, tokenizer, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent.parent)
-    files, report = prepare(config(root, "hh_rlhf", "data.conversational=false"), tokenizer)
+    files, report = prepare(typed(config(root, "hh_rlhf", "data.conversational=false")), tokenizer)
     first = rows(files["train_pairs"])[0]
     assert first == {"prompt": "Human: write a review of the comedy set in paris\n\nAssistant:",
                      "chosen": " a great and charming film", "rejected": " a dull and boring film"}
-    files, _ = prepare(config(root, "webgpt_comparisons", "data.conversational=false"), tokenizer)
+    files, _ = prepare(typed(config(root, "webgpt_comparisons", "data.conversational=false")), tokenizer)
     assert isinstance(rows(files["train_pairs"])[0]["prompt"], str)
 
 
 def test_sft_rows_come_from_chosen_responses_of_train_pairs(root, tokenizer, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent.parent)
-    files, report = prepare(config(root, "shp"), tokenizer)
+    files, report = prepare(typed(config(root, "shp")), tokenizer)
     train, sft = rows(files["train_pairs"]), rows(files["sft"])
     assert report["sft"]["source"] == "chosen responses of the train pairs"
     assert [(r["prompt"], r["completion"]) for r in sft] == [(p["prompt"], p["chosen"]) for p in train]
@@ -111,7 +112,7 @@ def test_ranked_custom_data(strategy, n_pairs, root, tokenizer, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent.parent)
     cfg = config(root, "custom", "data.source=tests/fixtures/custom/ranked.jsonl", "data.columns.responses=responses",
                  "data.columns.scores=scores", f"data.ranking.strategy={strategy}")
-    _, report = prepare(cfg, tokenizer)
+    _, report = prepare(typed(cfg), tokenizer)
     assert report["pairs"]["train"] + report["pairs"]["test"] == n_pairs
     assert nonzero(report["filtered"]) == {"tie": 1}
 
@@ -119,13 +120,13 @@ def test_ranked_custom_data(strategy, n_pairs, root, tokenizer, monkeypatch):
 def test_drop_threshold_stops_with_one_line(root, tokenizer, monkeypatch, capsys):
     monkeypatch.chdir(FIXTURES.parent.parent)
     with pytest.raises(ConfigError) as err:
-        load_preference_data(config(root, "shp"), tokenizer)
+        load_preference_data(typed(config(root, "shp")), tokenizer)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("data=shp: 3 of 9 pairs dropped (33.3% > data.max_drop_fraction=0.05)")
     assert "missing_field 1, empty 1, identical 1" in message
     assert "dropped 3 (33.3%, limit 5.0%)" in capsys.readouterr().out  # the report is printed first
-    data = load_preference_data(config(root, "shp", "data.max_drop_fraction=0.34"), tokenizer)
+    data = load_preference_data(typed(config(root, "shp", "data.max_drop_fraction=0.34")), tokenizer)
     assert (len(data.train_pairs), len(data.test_pairs), len(data.eval_prompts)) == (4, 2, 2)
     assert data.report["drop_fraction"] == pytest.approx(3 / 9)
     assert set(data.train_pairs.column_names) == {"prompt", "chosen", "rejected"}
@@ -137,7 +138,7 @@ def test_nothing_left_is_an_error_too(root, tokenizer, monkeypatch):
     cfg = config(root, "custom", "data.source=tests/fixtures/custom/ranked.jsonl", "data.columns.responses=responses",
                  "data.columns.scores=scores", "data.ranking.min_margin=100")
     with pytest.raises(ConfigError, match="0 train and 0 test pairs left after validation"):
-        load_preference_data(cfg, tokenizer)
+        load_preference_data(typed(cfg), tokenizer)
 
 
 def test_synthetic_report_shows_no_drops_and_keeps_the_generated_rows(root, tokenizer):
@@ -145,7 +146,7 @@ def test_synthetic_report_shows_no_drops_and_keeps_the_generated_rows(root, toke
     from train.data import synthetic
 
     cfg = config(root, "synthetic", "debug=fast")
-    data = load_preference_data(cfg, tokenizer)
+    data = load_preference_data(typed(cfg), tokenizer)
     assert sum(data.report["dropped"].values()) == 0
     assert data.report["pairs"] == {"train": 512, "test": 32} and data.report["sft"]["rows"] == 512
     expected = [to_conversational(r) for r in synthetic.make_preference_rows(512, cfg.seed, "train")]
@@ -205,13 +206,13 @@ def test_preparation_runs_once_and_is_reused(root, tokenizer, monkeypatch):
     monkeypatch.setattr(preference, "build", counting_build)
     cfg = config(root, "hc3", "data.source=tests/fixtures/hc3/all.jsonl", "seed=7")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(prepare(cfg, tokenizer))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(prepare(typed(cfg), tokenizer))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1 and results[0] == results[1]
-    prepare(config(root, "hc3", "data.source=tests/fixtures/hc3/all.jsonl", "seed=8"), tokenizer)
+    prepare(typed(config(root, "hc3", "data.source=tests/fixtures/hc3/all.jsonl", "seed=8")), tokenizer)
     assert len(calls) == 2  # another seed is another held-out slice
 
 
@@ -221,11 +222,11 @@ def test_file_formats(root, tokenizer, monkeypatch, tmp_path):
     monkeypatch.chdir(FIXTURES.parent.parent)
     datasets.load_dataset("json", data_files=str(FIXTURES / "shp/train.jsonl"), split="train").to_parquet(str(tmp_path / "train-00000-of-00001.parquet"))
     datasets.load_dataset("json", data_files=str(FIXTURES / "shp/test.jsonl"), split="train").to_parquet(str(tmp_path / "test-00000-of-00001.parquet"))
-    _, report = prepare(config(root, "shp", f"data.source={tmp_path}"), tokenizer)
+    _, report = prepare(typed(config(root, "shp", f"data.source={tmp_path}")), tokenizer)
     assert report["pairs"] == {"train": 4, "test": 2} and report["test_split"] == "test"
-    _, report = prepare(config(root, "custom", "data.source=tests/fixtures/custom/pairs.csv"), tokenizer)
+    _, report = prepare(typed(config(root, "custom", "data.source=tests/fixtures/custom/pairs.csv")), tokenizer)
     assert report["rows"]["train"] == 8 and nonzero(report["dropped"]) == {"missing_field": 1}  # an empty CSV cell reads as null
-    _, report = prepare(config(root, "shp", "data.source=tests/fixtures/shp/train.jsonl", "data.max_rows=3"), tokenizer)
+    _, report = prepare(typed(config(root, "shp", "data.source=tests/fixtures/shp/train.jsonl", "data.max_rows=3")), tokenizer)
     assert report["rows"]["train"] == 3 and report["test_split"].startswith("held out")
 
 
@@ -246,5 +247,5 @@ def test_config_errors_are_one_line(overrides, message, root, tokenizer, monkeyp
     name = overrides[0].removeprefix("data=")
     source = [] if any(o.startswith("data.source=") for o in overrides) or name == "custom" else [f"data.source=tests/fixtures/{name}"]
     with pytest.raises(ConfigError) as err:  # at composition (an Enum value) or when the data loads
-        load_preference_data(compose([f"output_root={root}", *source, *overrides]), tokenizer)
+        load_preference_data(typed(compose([f"output_root={root}", *source, *overrides])), tokenizer)
     assert message in str(err.value) and "\n" not in str(err.value)

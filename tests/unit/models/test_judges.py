@@ -63,8 +63,8 @@ def spearman(a: list[float], b: list[float]) -> float:
 def test_the_fitted_reward_model_ranks_samples_as_the_lexicon_does(reward_model):
     cfg = compose([*judge_overrides(reward_model), "data=hh_rlhf"])
     check_config(cfg)
-    judges.check_reward_model(cfg)
-    judge = judges.load_judge(cfg, torch.device("cpu"))  # from its directory, as a hub reward model loads
+    judges.check_reward_model(cfg.judge, cfg.data.conversational)
+    judge = judges.load_judge(cfg.judge, cfg.data.conversational, torch.device("cpu"))  # from its directory, as a hub reward model loads
     prompts, responses, lexicon = scored_texts(500, "held-out")
     rewards = judge.score(prompts, responses)
     assert spearman(rewards, lexicon) > 0.9
@@ -147,13 +147,13 @@ def test_a_reward_model_judge_needs_its_path_before_training():
     cfg = compose(["judge=reward_model"])
     check_config(cfg)  # every option composes and passes the start-up checks on its own (tests/test_config.py)
     with pytest.raises(ConfigError, match="judge.name_or_path is required by judge=reward_model"):
-        judges.check_reward_model(cfg)  # pipeline/run.py, after the data, before training
+        judges.check_reward_model(cfg.judge, cfg.data.conversational)  # pipeline/run.py, after the data, before training
 
 
 def test_a_reward_model_that_cannot_judge_is_refused_before_training(reward_model, tmp_path):
     two_labels = two_label_copy(reward_model, tmp_path / "two_labels")
     with pytest.raises(ConfigError, match="a classifier with 2 labels; a reward model has one"):
-        judges.check_reward_model(compose(judge_overrides(two_labels)))
+        judges.check_reward_model((c := compose(judge_overrides(two_labels))).judge, c.data.conversational)
     no_template = tmp_path / "no_template"
     shutil.copytree(reward_model, no_template)
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
@@ -161,8 +161,8 @@ def test_a_reward_model_that_cannot_judge_is_refused_before_training(reward_mode
     tokenizer_config.pop("chat_template", None)
     (no_template / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     with pytest.raises(ConfigError, match="has no chat template but data.conversational=true: set judge.chat_template"):
-        judges.check_reward_model(compose(judge_overrides(no_template)))
-    judges.check_reward_model(compose([*judge_overrides(no_template), "judge.chat_template=chatml"]))
+        judges.check_reward_model((c := compose(judge_overrides(no_template))).judge, c.data.conversational)
+    judges.check_reward_model((c := compose([*judge_overrides(no_template), "judge.chat_template=chatml"])).judge, c.data.conversational)
 
 
 @pytest.mark.slow

@@ -101,9 +101,9 @@ def test_all_answers_tied_is_one_line_saying_what_to_change():
 
 def test_the_sentiment_labeler_scores_as_the_lexicon_judge():
     cfg = compose(["labeler=sentiment"])
-    check_labeler(cfg)
+    check_labeler(cfg.labeler, cfg.data.conversational)
     prompts, texts, lexicon = scored_texts(20, "sentiment")
-    scores = score_answers(load_labeler(cfg, CPU), [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
+    scores = score_answers(load_labeler(cfg.labeler, cfg.data.conversational, CPU), [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
     assert scores == lexicon and len(set(scores)) > 3
 
 
@@ -117,8 +117,8 @@ def test_a_reward_model_labeler_scores_exactly_as_the_judge(reward_model):
                  "judge=reward_model", f"judge.name_or_path={reward_model}", "judge.batch_size=4"]
     cfg = compose(overrides)
     start_checks(cfg)
-    check_labeler(cfg)
-    labeler, judge = load_labeler(cfg, CPU), judges.load_judge(cfg, CPU)
+    check_labeler(cfg.labeler, cfg.data.conversational)
+    labeler, judge = load_labeler(cfg.labeler, cfg.data.conversational, CPU), judges.load_judge(cfg.judge, cfg.data.conversational, CPU)
     prompts, texts, _ = scored_texts(10, "labels")
     scores = score_answers(labeler, [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
     assert scores == judge.score(prompts, texts) and len(set(scores)) == 10
@@ -140,9 +140,9 @@ def test_a_labeler_that_cannot_label_is_refused_at_start(reward_model, tmp_path)
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
-            check_labeler(compose(overrides))
+            check_labeler((c := compose(overrides)).labeler, c.data.conversational)
         assert "\n" not in str(err.value)
-    check_labeler(compose(["labeler=annotations"]))  # people label: nothing to load at start
+    check_labeler((c := compose(["labeler=annotations"])).labeler, c.data.conversational)  # people label: nothing to load at start
 
 
 def test_every_labeler_kind_is_known_and_the_group_composes():

@@ -28,6 +28,7 @@ from train.models.loading import ensure_base_model, load_model
 from train.pipeline.checks import check_config
 from train.pipeline.run import run
 from train.pipeline.sft import sft_output_dir
+from helpers.typed import typed
 
 REPO = Path(__file__).resolve().parents[3]
 ATOL = 1e-5
@@ -48,7 +49,7 @@ def tiny(tmp_path_factory):
     """The tiny base model of test_inprocess's sizes, built once for this module (under a second)."""
     root = tmp_path_factory.mktemp("lora")
     cfg = compose([*TINY, f"output_root={root}"])
-    return cfg, ensure_base_model(cfg)
+    return cfg, ensure_base_model(typed(cfg).model)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -73,13 +74,13 @@ def test_merge_without_lora_exits_2_with_one_line_and_writes_nothing(tmp_path):
 
 def test_a_misspelt_target_module_is_refused_before_training(tiny):
     cfg, base = tiny
-    check_target_modules(compose([*TINY, "sft.lora.enabled=true", "dpo.reference=lora"]), base)  # the defaults fit
+    check_target_modules(typed(compose([*TINY, "sft.lora.enabled=true", "dpo.reference=lora"])), base)  # the defaults fit
     with pytest.raises(ConfigError, match=r"^dpo\.lora\.target_modules: q_prj not in .*; its linear layers: .*q_proj"):
-        check_target_modules(compose([*TINY, "dpo.reference=lora", "dpo.lora.target_modules=[q_proj,q_prj]"]), base)
+        check_target_modules(typed(compose([*TINY, "dpo.reference=lora", "dpo.lora.target_modules=[q_proj,q_prj]"])), base)
 
 
 def test_sft_key_follows_lora_settings_only_when_lora_is_on():
-    key = lambda *o: sft_output_dir(compose(["output_root=/nonexistent", *o])).name  # noqa: E731
+    key = lambda *o: sft_output_dir(typed(compose(["output_root=/nonexistent", *o]))).name  # noqa: E731
     assert key() == key("sft.lora.r=4")  # unused settings: full fine-tuning keeps its key (and its trained model)
     assert len({key(), key("sft.lora.enabled=true"), key("sft.lora.enabled=true", "sft.lora.r=4")}) == 3
 
@@ -109,7 +110,7 @@ def test_merged_adapter_equals_base_plus_adapter_and_loads_after_a_move(tiny, tm
     monkeypatch.chdir(tmp_path)
     assert_same_logits(AutoModelForCausalLM.from_pretrained(moved / "policy"), expected)
     assert_same_logits(AutoPeftModelForCausalLM.from_pretrained(moved / "policy" / ADAPTER_DIR), expected)
-    assert_same_logits(load_model(cfg, str(moved / "policy" / ADAPTER_DIR)), expected)
+    assert_same_logits(load_model(cfg.model, str(moved / "policy" / ADAPTER_DIR)), expected)
 
 
 def test_an_adapter_whose_base_is_gone_is_one_line(tmp_path):
@@ -139,7 +140,7 @@ def lora_run(tmp_path_factory):
 @pytest.mark.slow
 def test_sft_with_lora_publishes_merged_weights_equal_to_base_plus_adapter(lora_run):
     cfg, root, results = lora_run
-    sft_dir = sft_output_dir(cfg)
+    sft_dir = sft_output_dir(typed(cfg))
     assert results["sft"]["steps"] == 2 and (sft_dir / "model.safetensors").is_file()
     adapter = sft_dir / ADAPTER_DIR
     base = AutoModelForCausalLM.from_pretrained(base_model_of(adapter)[0])
@@ -159,5 +160,5 @@ def test_merged_lora_policy_equals_its_adapter_and_loads_after_the_run_dir_moves
     monkeypatch.chdir(tmp_path)
     merged = logits(AutoModelForCausalLM.from_pretrained(moved / "policy"))
     assert_same_logits(AutoPeftModelForCausalLM.from_pretrained(moved / "policy" / ADAPTER_DIR), merged)
-    assert_same_logits(load_model(cfg, str(moved / "policy")), merged)
-    assert not torch.allclose(merged, logits(AutoModelForCausalLM.from_pretrained(sft_output_dir(cfg))), atol=1e-4)
+    assert_same_logits(load_model(cfg.model, str(moved / "policy")), merged)
+    assert not torch.allclose(merged, logits(AutoModelForCausalLM.from_pretrained(sft_output_dir(typed(cfg)))), atol=1e-4)

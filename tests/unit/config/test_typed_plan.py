@@ -1,0 +1,35 @@
+"""The start check converts the composed config once (train/pipeline/checks.py): the plan carries it as the schema's
+dataclasses, and the plain forms the run writes and hashes are what they were when it read the DictConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf
+
+from train.config.choices import BetaSchedule, JudgeKind, RankingStrategy, Reference, Stage
+from train.config.compose import compose
+from train.config.schema import DataConfig, MainConfig, ModelConfig
+from train.pipeline.checks import check_config
+
+
+@pytest.mark.parametrize("overrides", [
+    ["debug=fast"],
+    ["data=custom", "data.source=tests/fixtures/custom/pairs.csv", "beta=adaptive", "dpo.reference=model"],
+])
+def test_the_plan_carries_the_typed_config_and_what_the_run_writes(overrides):
+    cfg = compose(overrides)
+    plan = check_config(cfg)
+    config = plan.config
+    assert isinstance(config, MainConfig) and isinstance(config.model, ModelConfig) and isinstance(config.data, DataConfig)
+    # Closed choices stay Enum members; trainer settings are plain dicts.
+    assert config.stage is Stage.all and isinstance(config.dpo.reference, Reference)
+    assert isinstance(config.beta.schedule, BetaSchedule) and isinstance(config.judge.kind, JudgeKind)
+    assert isinstance(config.data.ranking.strategy, RankingStrategy)
+    assert type(config.dpo.args) is dict and type(config.sft.args) is dict
+    # config.yaml, the W&B config and the finished-run comparison: as OmegaConf writes the resolved DictConfig.
+    assert OmegaConf.to_yaml(plan.resolved) == OmegaConf.to_yaml(cfg, resolve=True)
+    # The cache keys (SFT directory, prepared data) hash plain forms of sub-configs: the same as before.
+    for key in ("model", "data", "sft", "beta"):
+        assert dataclasses.asdict(getattr(config, key)) == OmegaConf.to_container(cfg[key], resolve=True), key
