@@ -13,7 +13,6 @@ START_CHECK = "start check: runs on the composed config before it is converted (
 ALLOWED = {
     "train/pipeline/run.py:run": "entry point: Hydra's job hands over the composed config; the plan converts it",
     "train/pipeline/checks.py:check_config": START_CHECK,
-    "train/pipeline/checks.py:converted": "the one conversion to the typed config",
     "train/pipeline/checks.py:start_plan": "keyed by the composed config's content (a multirun checks each once)",
     "train/pipeline/checks.py:content_key": "that key: the composed config as resolved YAML",
     "train/trainer/beta.py:BetaSchedule.from_config": START_CHECK,

@@ -3,11 +3,11 @@ they built for the run (train/trainer/start_plan.py): once per process and confi
 
 from __future__ import annotations
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from train import data
-from train.config.schema import MainConfig
 from train.config.validate import validate
 from train.core.errors import ConfigError
 from train.memory.gate import check_memory_plan
@@ -37,14 +37,19 @@ def check_config(cfg: DictConfig) -> StartPlan:
         resolve_chat_template(cfg.model.chat_template)
     check_push_to_hub(cfg)
     check_memory_plan(cfg)  # on GPUs only, before any weights load
-    return StartPlan(stage_args, beta.schedule(cfg.beta), layout, *converted(cfg))
+    plan = StartPlan(stage_args, beta.schedule(cfg.beta), layout, cfg)
+    check_resolves(plan)
+    return plan
 
 
-def converted(cfg: DictConfig) -> tuple[MainConfig, dict]:
-    """The checked config as the schema's dataclasses, and as the resolved container the run writes; both once."""
+def check_resolves(plan: StartPlan) -> None:
+    """Converts the plan's config now (plan.config, plan.resolved), or refuses one that cannot resolve. Outside
+    Hydra's job a ${hydra:...} setting cannot resolve yet: that config is converted, and checked, inside the job."""
     try:
-        return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
+        plan.config, plan.resolved
     except OmegaConfBaseException as err:  # e.g. an interpolation that names a key the config lacks
+        if not HydraConfig.initialized() and "${hydra:" in OmegaConf.to_yaml(plan.checked):
+            return
         raise ConfigError(f"the config does not resolve: {str(err).splitlines()[0]}; fix or remove that "
                           "setting") from err
 
