@@ -2,8 +2,10 @@
 that executes `python -m train <overrides>` as a fresh interpreter would (runpy, the run's own environment,
 working directory, stdout and stderr files, default signal handlers, exit code, atexit hooks). A multi-process
 run forks a launcher that does what `accelerate launch` does on one machine: accelerate's own argument parsing
-and environment, one forked child per rank with the variables torch's elastic agent sets, and the agent's
-"one rank failed: stop the others".
+and environment, then torch's elastic agent with the same launch config, told to fork each rank and run it as a
+function (its rank variables, rendezvous and "one rank failed: stop the others" are the agent's own). Two
+private accelerate helpers (_validate_launch_command, _filter_args) do the parsing, as in `accelerate launch`
+itself: if a release renames them, every multi-process test fails at once with the ImportError.
 
 Why: a fresh interpreter spends seconds of CPU importing torch, transformers, TRL, datasets and DeepSpeed before
 the run's first line, and the tests start about two hundred processes of the project: on a 2-core machine those
@@ -29,14 +31,12 @@ from pathlib import Path
 
 # The server: imports, then serves fork requests until its stdin closes.
 SERVER = r'''
-import json, os, runpy, signal, sys, time, traceback, atexit
+import json, os, runpy, signal, sys, traceback, atexit
 proto = os.fdopen(os.dup(1), "w", buffering=1)
 devnull = os.open(os.devnull, os.O_RDWR)
 os.dup2(devnull, 1)
 import train.main, train.pipeline.run, train.pipeline.sft, train.pipeline.dpo, train.pipeline.evaluate  # noqa
 import train.trainer.builders, trl, deepspeed, wandb  # noqa: the stack every run imports
-from accelerate.commands.launch import launch_command_parser, _validate_launch_command  # noqa
-from accelerate.utils.launch import prepare_multi_gpu_env  # noqa
 
 
 def run_module(argv):
@@ -62,52 +62,37 @@ def run_module(argv):
     return code
 
 
+def rank_main(argv):
+    """One rank, in a child the elastic agent forked: `python -u -m <argv>` as the agent would have started it."""
+    sys.stdout.reconfigure(line_buffering=True)
+    code = run_module(argv)
+    sys.stdout.flush(); sys.stderr.flush()
+    if code:
+        raise SystemExit(code)
+
+
 def launch(launch_argv):
-    """What `accelerate launch <launch_argv>` does on one machine, with forked ranks: accelerate's own parsing and
-    environment, then the variables torch's elastic agent gives each worker; when a rank fails, the others get
-    SIGTERM (SIGKILL 30 s later), as the agent does. Exit code 1 when a rank failed, as accelerate's."""
+    """`accelerate launch <launch_argv>` on one machine, with the ranks forked from this process: accelerate's own
+    parsing and environment, then torch's elastic agent with the LaunchConfig that `accelerate launch` gives it
+    (rank variables, rendezvous, stop-the-others-on-failure), the agent starting each rank with fork and a function
+    instead of a new interpreter. accelerate exits 1 when a rank failed; so does this."""
+    import torch.distributed.run as distrib_run
+    from accelerate.commands.launch import launch_command_parser, _validate_launch_command
+    from accelerate.utils.launch import _filter_args, prepare_multi_gpu_env
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(launch_argv))
-    env = prepare_multi_gpu_env(args)
-    n = int(args.num_processes)
-    argv = [args.training_script, *args.training_script_args]
-    ranks = {}
-    for r in range(n):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.environ.clear(); os.environ.update(env)
-                os.environ.update(RANK=str(r), LOCAL_RANK=str(r), GROUP_RANK="0", ROLE_RANK=str(r), ROLE_NAME="default",
-                                  WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), ROLE_WORLD_SIZE=str(n), GROUP_WORLD_SIZE="1",
-                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.main_process_port),
-                                  TORCHELASTIC_RESTART_COUNT="0", TORCHELASTIC_MAX_RESTARTS="0",
-                                  TORCHELASTIC_RUN_ID="none", TORCHELASTIC_USE_AGENT_STORE="False")
-                sys.stdout.reconfigure(line_buffering=True)  # the agent starts ranks with `python -u`
-                code = run_module(argv)
-            finally:
-                try:
-                    sys.stdout.flush(); sys.stderr.flush()
-                finally:
-                    os._exit(code)
-        ranks[pid] = r
-    failed, deadline = False, None
-    while ranks:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid == 0:
-            if deadline is not None and time.monotonic() > deadline:
-                for other in ranks:
-                    os.kill(other, signal.SIGKILL)
-                deadline = None
-            time.sleep(0.1)
-            continue
-        if pid not in ranks:
-            continue
-        del ranks[pid]
-        if os.waitstatus_to_exitcode(status) != 0 and not failed:
-            failed, deadline = True, time.monotonic() + 30
-            for other in ranks:
-                os.kill(other, signal.SIGTERM)
-    return 1 if failed else 0
+    os.environ.update(prepare_multi_gpu_env(args))
+    torchrun = _filter_args(args, distrib_run.get_args_parser(),
+                            ["--training_script", args.training_script, "--training_script_args", args.training_script_args])
+    config, _, _ = distrib_run.config_from_args(torchrun)
+    config.start_method = "fork"
+    try:
+        elastic_launch(config, rank_main)([args.training_script, *args.training_script_args])
+    except ChildFailedError as failed:
+        print(failed, file=sys.stderr)
+        return 1
+    return 0
 
 
 for line in sys.stdin:
