@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from launch.bench_generate import generation_rows
 from launch.bench_profile_runs import profile_rows
 from launch.bench_setup import REPO, compose, data_overrides, model_overrides
 from train.models.loading import ensure_base_model
+from train.runtime.distributed import free_port
 
 # The speed settings where the project's defaults (conf/dpo, conf/sft) differ from TRL's: the baseline
 # puts TRL's back. Learning rates, epochs, batch sizes and schedules define the experiment and stay equal.
@@ -85,12 +85,6 @@ def sweep_cost(sizes: dict, root: Path) -> dict:
                     for x in rounds]
     return {"rounds": rounds, "betas": betas, "sweep_cost_ratio": sorted(ratios)[len(ratios) // 2],
             "stage_time_ratio": sorted(stage_ratios)[len(stage_ratios) // 2], "trl_default_overrides": TRL_DEFAULTS}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_ratio(sizes: dict, root: Path, stages=("none", "zero3"), extra: tuple = (), name: str = "rss") -> dict:

@@ -71,6 +71,20 @@ def refused_at_start(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["python", "-m", "train", *argv], code, out.getvalue(), err.getvalue())
 
 
+def start_check_refusal(overrides: list[str]) -> str:
+    """The message the start check refuses these overrides with, in this process; fails the test when they are
+    accepted or when the message is more than one line."""
+    from train.config.compose import compose  # deferred: the start check's imports load only where it is used
+    from train.core.errors import ConfigError
+    from train.pipeline.checks import check_config
+
+    with pytest.raises(ConfigError) as err:
+        check_config(compose(overrides))
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
 def results_path(proc: subprocess.CompletedProcess) -> Path:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("results: ")]
     assert lines, f"no 'results:' line in output:\n{proc.stdout[-2000:]}"

@@ -9,7 +9,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from helpers.runs import process_state_restored, run_train
+from helpers.runs import process_state_restored, run_train, start_check_refusal
 from helpers.sizes import TINY
 from train.config.compose import compose
 from train.core.errors import ConfigError
@@ -18,14 +18,6 @@ from train.models.loading import ensure_base_model, load_tokenizer
 from train.pipeline.checks import check_config
 from train.pipeline.run import config_changes, run
 from helpers.typed import typed
-
-
-def refusal(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as err:
-        check_config(compose(overrides))
-    message = str(err.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -46,7 +38,7 @@ def refusal(overrides: list[str]) -> str:
     (["dpo.args.loss_type=ipo"], "dpo.args.loss_type='ipo': DPOConfig expects a list of a string; use dpo.args.loss_type=[ipo]"),
 ])
 def test_values_that_train_nothing_or_fail_later_are_refused_at_start(overrides, message):
-    assert message in refusal(overrides)
+    assert message in start_check_refusal(overrides)
 
 
 @pytest.mark.parametrize("overrides", [

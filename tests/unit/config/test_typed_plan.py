@@ -29,8 +29,9 @@ def test_the_plan_carries_the_typed_config_and_what_the_run_writes(overrides):
     assert isinstance(config.beta.schedule, BetaSchedule) and isinstance(config.judge.kind, JudgeKind)
     assert isinstance(config.data.ranking.strategy, RankingStrategy)
     assert type(config.dpo.args) is dict and type(config.sft.args) is dict
-    # config.yaml, the W&B config and the finished-run comparison: as OmegaConf writes the resolved DictConfig.
-    assert OmegaConf.to_yaml(plan.resolved) == OmegaConf.to_yaml(cfg, resolve=True)
+    # What the functions are handed is what the run records: config.yaml (written from plan.resolved) says exactly
+    # the typed config's values, Enums by name, in the same order.
+    assert OmegaConf.to_yaml(OmegaConf.structured(config)) == OmegaConf.to_yaml(plan.resolved)
     # The cache keys (SFT directory, prepared data) hash plain forms of sub-configs: the same as before.
     for key in ("model", "data", "sft", "beta"):
         assert dataclasses.asdict(getattr(config, key)) == OmegaConf.to_container(cfg[key], resolve=True), key
